@@ -1,0 +1,3 @@
+from mmf_lightning.cli import main
+
+main()

@@ -1,0 +1,6 @@
+"""Lightning callbacks: the lambda schedule and sample figures."""
+
+from mmf_lightning.callbacks.lambda_schedule import LambdaScheduler
+from mmf_lightning.callbacks.sample_figures import SampleFigures
+
+__all__ = ["LambdaScheduler", "SampleFigures"]

@@ -1,0 +1,63 @@
+"""Pictures of samples from the EMA weights, during and at the end of training."""
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import WeightAveraging
+
+from mmf_lightning.plots import save_samples_figure
+
+
+def ema_module(trainer: L.Trainer, pl_module: L.LightningModule) -> L.LightningModule:
+    """The EMA copy of the module when a WeightAveraging callback keeps one, else the module.
+
+    Only valid outside validation (WeightAveraging swaps weights in place during validation).
+    """
+    for cb in trainer.callbacks:
+        if isinstance(cb, WeightAveraging) and getattr(cb, "_average_model", None) is not None:
+            return cb._average_model.module
+    return pl_module
+
+
+class SampleFigures(L.Callback):
+    """Saves ``<log_dir>/samples/step_<k>.png``: samples for each entry of ``steps``.
+
+    Args:
+        num_samples: samples per panel.
+        steps: numbers of sampling steps to show, e.g. [1, 2].
+        every_n_steps: also draw during training every n optimizer steps (0: only at the end).
+        seed: fixed noise, so successive figures show the same samples evolving.
+    """
+
+    def __init__(self, num_samples: int = 1000, steps: tuple[int, ...] = (1, 2), every_n_steps: int = 0, seed: int = 0):
+        self.num_samples, self.steps, self.every_n_steps, self.seed = num_samples, tuple(steps), every_n_steps, seed
+        self.last_path: Path | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+            self.draw(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.draw(trainer, pl_module)
+
+    def draw(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        module = ema_module(trainer, pl_module)
+        panels = {}
+        for k in self.steps:
+            generator = torch.Generator().manual_seed(self.seed)
+            panels[f"{k}-step samples (step {trainer.global_step})"] = module.sample(
+                self.num_samples, k, generator=generator
+            )
+        reference = _reference_batch(trainer, self.num_samples)
+        out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "samples"
+        self.last_path = save_samples_figure(panels, out_dir / f"step_{trainer.global_step}.png", reference)
+
+
+def _reference_batch(trainer, n: int) -> torch.Tensor | None:
+    """Up to n data points for low-dimensional plots (None for images)."""
+    dm = trainer.datamodule
+    sampler = getattr(dm, "reference_samples", None)
+    return sampler(n) if callable(sampler) else None

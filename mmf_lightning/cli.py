@@ -1,0 +1,84 @@
+"""Command line: ``python -m mmf_lightning {fit,validate,test,predict} --config X.yaml`` (LightningCLI)
+and ``python -m mmf_lightning sample --ckpt_path CKPT ...``."""
+
+import argparse
+import sys
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.cli import LightningCLI
+
+from mmf_lightning.module import MeanFlowModule
+
+COMMANDS = ("fit", "validate", "test", "predict", "sample")
+
+
+class MMFLightningCLI(LightningCLI):
+    def __init__(self, args=None, run: bool = True):
+        super().__init__(
+            MeanFlowModule,
+            L.LightningDataModule,
+            subclass_mode_data=True,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+            run=run,
+        )
+
+
+def sample_main(argv: list[str]) -> Path:
+    parser = argparse.ArgumentParser(
+        prog="python -m mmf_lightning sample",
+        description="Draw samples from a checkpoint (EMA weights when the run used EMA).",
+    )
+    parser.add_argument("--ckpt_path", required=True, help="checkpoint written by `fit`")
+    parser.add_argument("--num_samples", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=1, help="number of jumps from t = 1 to t = 0")
+    parser.add_argument("--output", required=True, help="output .npz (a .png picture is written beside it)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--label", type=int, default=None, help="class label (class-conditional nets)")
+    args = parser.parse_args(argv)
+
+    import numpy as np
+    import torch
+
+    from mmf_lightning.plots import save_samples_figure
+
+    ckpt = Path(args.ckpt_path)
+    if not ckpt.is_file():
+        parser.error(f"--ckpt_path {ckpt} does not exist")
+    if args.num_samples < 1 or args.steps < 1 or args.batch_size < 1:
+        parser.error(
+            f"--num_samples, --steps and --batch_size must be >= 1, got {args.num_samples}, "
+            f"{args.steps}, {args.batch_size}"
+        )
+    output = Path(args.output)
+    if output.suffix != ".npz":
+        parser.error(f"--output must end in .npz, got {output}")
+    module = MeanFlowModule.load_from_checkpoint(ckpt, map_location=args.device).eval()
+    generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    chunks, left = [], args.num_samples
+    while left > 0:
+        n = min(args.batch_size, left)
+        chunks.append(module.sample(n, args.steps, y=args.label, generator=generator).cpu())
+        left -= n
+    samples = torch.cat(chunks)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(output, samples=samples.numpy())
+    save_samples_figure({f"{args.steps}-step samples": samples}, output.with_suffix(".png"))
+    print(f"wrote {output} ({tuple(samples.shape)}) and {output.with_suffix('.png')}")
+    return output
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "sample":
+        sample_main(argv[1:])
+        return
+    MMFLightningCLI(args=argv)
+
+
+if __name__ == "__main__":
+    main()

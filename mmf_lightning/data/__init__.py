@@ -1,0 +1,6 @@
+"""LightningDataModules. Every batch is a dict: "x" (data), optional "y" (labels) and "e"
+(a source sample paired with x)."""
+
+from mmf_lightning.data.toy2d import ToyDataModule, sample_distribution
+
+__all__ = ["ToyDataModule", "sample_distribution"]

@@ -1,0 +1,231 @@
+"""The LightningModule: a velocity network trained by an objective. Thin glue; the math is in
+``mmf_lightning.objectives`` and ``mmf_lightning.nets``."""
+
+import inspect
+import math
+from collections import deque
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import grad_norm
+from torch import nn
+
+from mmf_lightning.config import init_config
+from mmf_lightning.objectives import Objective
+from mmf_lightning.objectives.time_sampling import check_times
+
+try:  # set by LightningCLI while it builds the module; absent when built in Python
+    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+except ImportError:  # pragma: no cover
+    _given_hyperparameters = None
+
+_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
+
+
+def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Every DataModule yields a dict with "x" (data), optional "y" (labels), optional "e"
+    (a source sample paired with x); a bare tensor or an (x, y) pair is accepted too."""
+    if isinstance(batch, dict):
+        return batch["x"], batch.get("y"), batch.get("e")
+    if isinstance(batch, torch.Tensor):
+        return batch, None, None
+    if isinstance(batch, (list, tuple)) and len(batch) == 2:
+        return batch[0], batch[1], None
+    raise TypeError(f"a batch must be a dict with key 'x', a tensor or an (x, y) pair, got {type(batch).__name__}")
+
+
+class MeanFlowModule(L.LightningModule):
+    """Trains ``net`` (an average-velocity network u(z, r, t[, y])) with ``objective``.
+
+    Args:
+        net: the velocity network (``mmf_lightning.nets``).
+        objective: the training objective (``mmf_lightning.objectives``); lambda, when the
+            objective uses it, is set every step by the ``LambdaScheduler`` callback.
+        lr, betas, weight_decay: Adam (AdamW when weight_decay > 0).
+        lr_warmup_steps: linear learning-rate warmup from 0.
+        lr_decay: "cosine" (to ``min_lr`` at the last step, as in the paper) or "constant".
+        loss_var_window: number of recent steps over which ``train/loss_var`` is computed.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        objective: Objective,
+        lr: float = 1e-4,
+        betas: Sequence[float] = (0.9, 0.999),
+        weight_decay: float = 0.0,
+        lr_warmup_steps: int = 0,
+        lr_decay: Literal["cosine", "constant"] = "cosine",
+        min_lr: float = 0.0,
+        loss_var_window: int = 100,
+    ):
+        super().__init__()
+        if lr <= 0 or min_lr < 0 or min_lr > lr:
+            raise ValueError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={lr}, min_lr={min_lr}")
+        if lr_warmup_steps < 0:
+            raise ValueError(f"lr_warmup_steps must be >= 0, got {lr_warmup_steps}")
+        if lr_decay not in ("cosine", "constant"):
+            raise ValueError(f"lr_decay must be 'cosine' or 'constant', got {lr_decay!r}")
+        if loss_var_window < 2:
+            raise ValueError(f"loss_var_window must be >= 2, got {loss_var_window}")
+        self._save_hparams(net, objective)
+        self.net = net
+        self.objective = objective
+        self.lam = 0.0
+        self._loss_window: deque[float] = deque(maxlen=loss_var_window)
+
+    def _save_hparams(self, net: nn.Module, objective: Objective) -> None:
+        from_cli = _given_hyperparameters is not None and _given_hyperparameters.get() is not None
+        if from_cli:
+            self.save_hyperparameters()
+            return
+        self.save_hyperparameters(ignore=["net", "objective"], frame=inspect.currentframe().f_back)
+        net_cfg, obj_cfg = init_config(net), init_config(objective)
+        if net_cfg is not None and obj_cfg is not None:
+            self.hparams.update(net=net_cfg, objective=obj_cfg, _instantiator=_INSTANTIATOR)
+
+    # -- public API used by notebooks --------------------------------------------------------
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        return tuple(self.net.data_shape)
+
+    def forward(self, z, r, t, y=None):
+        return self.net(z, r, t, y)
+
+    def average_velocity(self, z, r, t, y=None) -> torch.Tensor:
+        """The network's u(z, r, t): z (B, *data_shape), r and t (B,) or scalars."""
+        r, t = (torch.as_tensor(s, dtype=z.dtype, device=z.device).expand(z.shape[0]) for s in (r, t))
+        check_times(r, t)
+        return self.net(z, r, t, y)
+
+    @torch.no_grad()
+    def sample_trajectory(self, num_samples: int, steps: int = 1, y=None, generator=None) -> torch.Tensor:
+        """Every state z_{t_k} on the grid t_k = 1 - k / steps: (steps + 1, N, *data_shape).
+
+        Starts from e ~ N(0, I) and applies the objective's jump (for MeanFlow objectives
+        z_r = z_t - (t - r) u(z_t, r, t)); the last state is the sample.
+        """
+        if steps < 1 or num_samples < 1:
+            raise ValueError(f"need steps >= 1 and num_samples >= 1, got {steps}, {num_samples}")
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            z = torch.randn(num_samples, *self.data_shape, generator=generator, device=self.device)
+            y = self._sample_labels(num_samples, y, generator)
+            grid = torch.linspace(1.0, 0.0, steps + 1, device=self.device)
+            states = [z]
+            for k in range(steps):
+                t, r = (torch.full((num_samples,), float(s), device=self.device) for s in grid[k : k + 2])
+                z = self.objective.jump(self.net, z, r, t, y)
+                states.append(z)
+            return torch.stack(states)
+        finally:
+            self.net.train(was_training)
+
+    def sample(self, num_samples: int, steps: int = 1, y=None, generator=None) -> torch.Tensor:
+        """``num_samples`` samples from ``steps`` jumps: (N, *data_shape). One step: x = e - u(e, 0, 1)."""
+        return self.sample_trajectory(num_samples, steps, y, generator)[-1]
+
+    def _sample_labels(self, n, y, generator):
+        num_classes = getattr(self.net, "num_classes", None)
+        if not num_classes:
+            if y is not None:
+                raise ValueError("labels y given but the network is unconditional")
+            return None
+        if y is None:  # a class-conditional net samples uniformly random classes
+            return torch.randint(0, num_classes, (n,), generator=generator).to(self.device)
+        y = torch.as_tensor(y, device=self.device).long().expand(n)
+        return y
+
+    # -- training ----------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        shape = getattr(dm, "data_shape", None)
+        if shape is not None and tuple(shape) != self.data_shape:
+            raise ValueError(
+                f"the network expects data of shape {self.data_shape} but the datamodule "
+                f"{type(dm).__name__} yields {tuple(shape)}; set the network's shape options "
+                "(e.g. model.net.init_args.in_channels / image_size / dim) to match"
+            )
+        dm_classes = getattr(dm, "num_classes", None)
+        net_classes = getattr(self.net, "num_classes", None)
+        if dm_classes and net_classes and dm_classes != net_classes:
+            raise ValueError(f"the network has num_classes={net_classes}, the datamodule {dm_classes}")
+
+    def on_fit_start(self) -> None:
+        if self.objective.uses_lambda and not any(
+            type(cb).__name__ == "LambdaScheduler" for cb in self.trainer.callbacks
+        ):
+            raise ValueError(
+                f"{type(self.objective).__name__} reads lambda, but no LambdaScheduler callback is configured; "
+                "add one to trainer.callbacks, e.g. class_path: mmf_lightning.callbacks.LambdaScheduler "
+                "with init_args.schedule a Constant / LinearWarmup / CosineWarmup / Step"
+            )
+
+    def training_step(self, batch, batch_idx):
+        x, y, e = unpack_batch(batch)
+        out = self.objective(self.net, x, y, lam=self.lam, step=self.global_step, e=e)
+        loss = out.loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite training loss {loss.item()} at step {self.global_step} (lambda={self.lam}); "
+                "lower the learning rate, clip gradients (trainer.gradient_clip_val) or check the data"
+            )
+        self._track_loss_variance(loss.detach())
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/mse", out.per_sample.mean() / x[0].numel())
+        for key, value in out.stats.items():
+            self.log(f"train/{key}", value.float())
+        return loss
+
+    def _track_loss_variance(self, loss: torch.Tensor) -> None:
+        """Variance of the (all-rank mean) loss over the last ``loss_var_window`` steps: the
+        paper's training-stability measure."""
+        mean_loss = self.trainer.strategy.reduce(loss, reduce_op="mean") if self._trainer else loss
+        self._loss_window.append(float(mean_loss))
+        if len(self._loss_window) >= 2:
+            window = torch.tensor(list(self._loss_window), dtype=torch.float64)
+            self.log("train/loss_var", window.var().item())
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        norms = grad_norm(self.net, norm_type=2)
+        if "grad_2.0_norm_total" in norms:
+            self.log("train/grad_norm", norms["grad_2.0_norm_total"])
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self.objective.on_optimizer_step(self.net, self.global_step)
+
+    def validation_step(self, batch, batch_idx):
+        x, y, e = unpack_batch(batch)
+        out = self.objective(self.net, x, y, lam=self.lam, step=self.global_step, e=e)
+        self.log("val/loss", out.loss, sync_dist=True)
+        return out.loss
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        opt_cls = torch.optim.AdamW if hp.weight_decay > 0 else torch.optim.Adam
+        optimizer = opt_cls(self.net.parameters(), lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup, floor = hp.lr_warmup_steps, hp.min_lr / hp.lr
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if hp.lr_decay == "constant":
+                return 1.0
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["mmf_lightning"] = {"lambda": self.lam, "objective": self.objective.state_dict()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("mmf_lightning", {})
+        self.lam = float(state.get("lambda", 0.0))
+        self.objective.load_state_dict(state.get("objective", {}))

@@ -1,0 +1,6 @@
+"""Velocity networks u(z, r, t[, y]) and their building blocks."""
+
+from mmf_lightning.nets.mlp import MLP
+from mmf_lightning.nets.unet import UNet
+
+__all__ = ["MLP", "UNet"]

@@ -1,0 +1,69 @@
+"""Time and class embeddings shared by the velocity networks."""
+
+import math
+
+import torch
+from torch import nn
+
+
+class SinusoidalEmbedding(nn.Module):
+    """Transformer-style sinusoidal features of a scalar per sample.
+
+    ``forward(s: (B,)) -> (B, dim)``. ``scale`` stretches [0, 1] times so that the
+    lowest frequencies resolve the unit interval (DDPM uses 1000 steps).
+    """
+
+    def __init__(self, dim: int, scale: float = 1000.0, max_period: float = 10000.0):
+        super().__init__()
+        if dim % 2:
+            raise ValueError(f"SinusoidalEmbedding dim must be even, got {dim}")
+        half = dim // 2
+        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
+        self.register_buffer("freqs", freqs * scale, persistent=False)
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        args = s.to(self.freqs.dtype)[:, None] * self.freqs[None, :]
+        return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class TimePairEmbedding(nn.Module):
+    """Embeds (r, t) as features of t and of the interval length t - r, then an MLP.
+
+    MeanFlow conditions on (t, t - r); the network still takes (r, t), so a JVP over
+    the network's (z, r, t) inputs with tangent (v, 0, 1) gets d(t - r)/dt = 1 for free.
+    ``forward(r: (B,), t: (B,)) -> (B, out_dim)``.
+    """
+
+    def __init__(self, freq_dim: int, out_dim: int):
+        super().__init__()
+        self.t_embed = SinusoidalEmbedding(freq_dim)
+        self.dt_embed = SinusoidalEmbedding(freq_dim)
+        self.mlp = nn.Sequential(nn.Linear(2 * freq_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
+
+    def forward(self, r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(torch.cat([self.t_embed(t), self.dt_embed(t - r)], dim=-1))
+
+
+class ClassEmbedding(nn.Module):
+    """Label embedding with one extra "null" row for label dropout and guidance.
+
+    Label ``num_classes`` (== ``null_label``) means "unconditional".
+    ``forward(y: (B,) long) -> (B, dim)``.
+    """
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.embed = nn.Embedding(num_classes + 1, dim)
+
+    @property
+    def null_label(self) -> int:
+        return self.num_classes
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        if y.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"class labels must be integer, got dtype {y.dtype}")
+        if (y < 0).any() or (y > self.num_classes).any():
+            bad = y[(y < 0) | (y > self.num_classes)][0].item()
+            raise ValueError(f"class label {bad} outside [0, {self.num_classes}] (num_classes={self.num_classes})")
+        return self.embed(y)

@@ -1,0 +1,243 @@
+"""Layers whose forward-mode derivative (used by ``torch.func.jvp``) costs what it should.
+
+PyTorch's built-in forward-AD rules are slow on the layers a UNet is made of:
+``convolution``'s rule also convolves the input with a zero weight tangent (one wasted
+convolution per layer), and ``group_norm``'s rule is a long chain of element-wise ops
+(about 30x the forward). Each layer here is a drop-in subclass of its ``torch.nn``
+namesake whose ``autograd.Function`` has an explicit ``jvp``:
+
+- Conv2d:   d(conv(x, W)) = conv(dx, W)                   (+ conv(x, dW) + db)
+- GroupNorm: d(gamma * xhat + beta) = gamma * P(x) dx       (+ xhat * dgamma + dbeta)
+  where P(x) is the (symmetric) Jacobian of the normalisation, so P(x) dx is exactly
+  what ``native_group_norm_backward`` computes for a gradient dx.
+- SiLU:     d(silu(x)) = silu'(x) dx, with its own backward that saves only (x, dx).
+
+The ``jvp`` bodies are plain differentiable torch ops, so with lambda > 0 autograd
+backpropagates through the tangent, and the values and gradients equal those of the
+built-in layers (tests/nets/test_jvp_layers.py).
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class _Conv2dFn(torch.autograd.Function):
+    @staticmethod
+    def forward(x, weight, bias, stride, padding):
+        return F.conv2d(x, weight, bias, stride, padding)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, stride, padding = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.save_for_forward(x, weight)
+        ctx.stride, ctx.padding, ctx.has_bias = stride, padding, bias is not None
+        ctx.set_materialize_grads(False)  # absent tangents arrive as None, not as dense zeros
+
+    @staticmethod
+    def backward(ctx, grad):
+        if grad is None:
+            return None, None, None, None, None
+        x, weight = ctx.saved_tensors
+        mask = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2])
+        gx, gw, gb = torch.ops.aten.convolution_backward(
+            grad, x, weight, [weight.shape[0]], ctx.stride, ctx.padding, (1, 1), False, (0, 0), 1, mask
+        )
+        return gx, gw, gb, None, None
+
+    @staticmethod
+    def jvp(ctx, dx, dweight, dbias, _stride, _padding):
+        x, weight = ctx.saved_tensors
+        parts = []
+        if dx is not None:
+            parts.append(F.conv2d(dx, weight, None, ctx.stride, ctx.padding))
+        if dweight is not None or dbias is not None:
+            dw = torch.zeros_like(weight) if dweight is None else dweight
+            parts.append(F.conv2d(x, dw, dbias, ctx.stride, ctx.padding))
+        return sum(parts[1:], parts[0]) if parts else None
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` (zero padding, no dilation, no groups) with a one-convolution JVP."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.groups != 1 or self.dilation != (1, 1) or self.padding_mode != "zeros" or isinstance(self.padding, str):
+            raise ValueError("jvp_layers.Conv2d supports groups=1, dilation=1, integer zero padding only")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _Conv2dFn.apply(x, self.weight, self.bias, self.stride, self.padding)
+
+
+def _group_shape(x: torch.Tensor, groups: int) -> tuple[int, int, int]:
+    n, c = x.shape[:2]
+    return n, c, x[0, 0].numel()
+
+
+class _GroupNormFn(torch.autograd.Function):
+    @staticmethod
+    def forward(x, weight, bias, groups, eps):
+        n, c, hw = _group_shape(x, groups)
+        y, mean, rstd = torch.native_group_norm(x, weight, bias, n, c, hw, groups, eps)
+        return y, mean, rstd
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, groups, eps = inputs
+        _, mean, rstd = output
+        ctx.mark_non_differentiable(mean, rstd)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.save_for_forward(x, weight, mean, rstd)
+        ctx.groups = groups
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, grad, _gmean, _grstd):
+        if grad is None:
+            return None, None, None, None, None
+        x, weight, mean, rstd = ctx.saved_tensors
+        n, c, hw = _group_shape(x, ctx.groups)
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
+        gx, gw, gb = torch.ops.aten.native_group_norm_backward(grad, x, mean, rstd, weight, n, c, hw, ctx.groups, mask)
+        return gx, gw, gb, None, None
+
+    @staticmethod
+    def jvp(ctx, dx, dweight, dbias, _groups, _eps):
+        x, weight, mean, rstd = ctx.saved_tensors
+        channel = _channel_shape(x)
+        dy = None
+        if dx is not None:
+            dy = _GroupNormTangentFn.apply(x, dx, weight, mean, rstd, ctx.groups)
+        if dweight is not None or dbias is not None:
+            extra = torch.zeros_like(x)
+            if dweight is not None:
+                extra = extra + _normalized(x, mean, rstd, ctx.groups) * dweight.reshape(channel)
+            if dbias is not None:
+                extra = extra + dbias.reshape(channel)
+            dy = extra if dy is None else dy + extra
+        return dy, None, None
+
+
+def _channel_shape(x: torch.Tensor) -> tuple[int, ...]:
+    return (1, x.shape[1]) + (1,) * (x.dim() - 2)
+
+
+def _normalized(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, groups: int) -> torch.Tensor:
+    """xhat, shape of x."""
+    xs = x.reshape(x.shape[0], groups, -1)
+    return ((xs - mean.reshape(*xs.shape[:2], 1)) * rstd.reshape(*xs.shape[:2], 1)).reshape(x.shape)
+
+
+def _project(v: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, groups: int) -> torch.Tensor:
+    """P(x) v: the normalisation's Jacobian (symmetric) applied to v, via the fused backward kernel."""
+    n, c, hw = _group_shape(x, groups)
+    return torch.ops.aten.native_group_norm_backward(v, x, mean, rstd, None, n, c, hw, groups, [True, False, False])[0]
+
+
+class _GroupNormTangentFn(torch.autograd.Function):
+    """(x, dx, gamma) -> gamma * P(x) dx, saving only (x, dx) besides the group statistics.
+
+    Backward, per group of n elements with h = gamma * grad, p = P dx, q = P h,
+    f = sum(h p), Hx = sum(h xhat), b = mean(xhat dx):
+        d/dx  = -(rstd / n) (xhat f + Hx p) - rstd b q
+        d/ddx = q
+        d/dgamma = sum over batch and pixels of grad * p
+    """
+
+    @staticmethod
+    def forward(x, dx, weight, mean, rstd, groups):
+        pdx = _project(dx, x, mean, rstd, groups)
+        return pdx if weight is None else pdx * weight.reshape(_channel_shape(x))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, dx, weight, mean, rstd, groups = inputs
+        ctx.save_for_backward(x, dx, weight, mean, rstd)
+        ctx.groups = groups
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if grad is None:
+            return None, None, None, None, None, None
+        x, dx, weight, mean, rstd = ctx.saved_tensors
+        groups = ctx.groups
+        h = grad if weight is None else grad * weight.reshape(_channel_shape(x))
+        p = _project(dx, x, mean, rstd, groups)
+        q = _project(h, x, mean, rstd, groups)
+        gx = gweight = None
+        if ctx.needs_input_grad[0]:
+            shape = (x.shape[0], groups, -1)
+            xhat = _normalized(x, mean, rstd, groups).reshape(shape)
+            hs, ps, qs = h.reshape(shape), p.reshape(shape), q.reshape(shape)
+            nel = xhat.shape[-1]
+            f = (hs * ps).sum(-1, keepdim=True)
+            hx = (hs * xhat).sum(-1, keepdim=True)
+            b = (xhat * dx.reshape(shape)).mean(-1, keepdim=True)
+            r = rstd.reshape(*shape[:2], 1)
+            gx = (-(r / nel) * (xhat * f + hx * ps) - r * b * qs).reshape(x.shape)
+        if weight is not None and ctx.needs_input_grad[2]:
+            gweight = (grad * p).transpose(0, 1).reshape(x.shape[1], -1).sum(-1)
+        return gx, q if ctx.needs_input_grad[1] else None, gweight, None, None, None
+
+
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` with a JVP through the fused normalisation kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _GroupNormFn.apply(x, self.weight, self.bias, self.num_groups, self.eps)[0]
+
+
+def _silu_grad(x: torch.Tensor) -> torch.Tensor:
+    s = torch.sigmoid(x)
+    return s * (1 + x * (1 - s))
+
+
+class _SiLUTangentFn(torch.autograd.Function):
+    """(x, dx) -> silu'(x) * dx, saving only (x, dx) for its backward."""
+
+    @staticmethod
+    def forward(x, dx):
+        return torch.ops.aten.silu_backward(dx, x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, dx = ctx.saved_tensors
+        s = torch.sigmoid(x)
+        # silu''(x) = s (1 - s) (2 + x (1 - 2 s))
+        gx = grad * dx * s * (1 - s) * (2 + x * (1 - 2 * s)) if ctx.needs_input_grad[0] else None
+        gdx = grad * _silu_grad(x) if ctx.needs_input_grad[1] else None
+        return gx, gdx
+
+
+class _SiLUFn(torch.autograd.Function):
+    @staticmethod
+    def forward(x):
+        return F.silu(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+        ctx.save_for_forward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return torch.ops.aten.silu_backward(grad, x)
+
+    @staticmethod
+    def jvp(ctx, dx):
+        (x,) = ctx.saved_tensors
+        return _SiLUTangentFn.apply(x, dx)
+
+
+class SiLU(nn.SiLU):
+    """``nn.SiLU`` whose JVP, when differentiated, keeps two tensors instead of five."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _SiLUFn.apply(x)

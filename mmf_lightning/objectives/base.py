@@ -1,0 +1,55 @@
+"""What every training objective provides: a loss, and the jump it was trained to make."""
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from mmf_lightning.config import RecordsInit
+from mmf_lightning.objectives.paths import expand_like
+
+
+@dataclass
+class ObjectiveOutput:
+    """``loss``: scalar to backpropagate. ``per_sample``: (B,) squared residual norms, detached.
+    ``stats``: extra scalars worth logging (detached)."""
+
+    loss: torch.Tensor
+    per_sample: torch.Tensor
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Objective(RecordsInit):
+    """Plain-torch training objective for a velocity network ``net(z, r, t[, y])``.
+
+    Subclasses implement ``__call__``; ``jump`` defaults to the average-velocity jump
+    ``z_r = z_t - (t - r) u(z_t, r, t)`` of DESIGN.md section 1.
+    """
+
+    #: whether the loss reads lambda (then a LambdaScheduler callback must drive it)
+    uses_lambda: bool = False
+
+    def __call__(
+        self,
+        net: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor | None = None,
+        *,
+        lam: float = 0.0,
+        step: int = 0,
+        e: torch.Tensor | None = None,
+    ) -> ObjectiveOutput:
+        raise NotImplementedError
+
+    def jump(self, net: nn.Module, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor, y=None) -> torch.Tensor:
+        """Map ``z`` at times ``t`` to times ``r`` (both (B,)), the way this objective's net is meant to."""
+        return z - expand_like(t - r, z) * net(z, r, t, y)
+
+    def on_optimizer_step(self, net: nn.Module, step: int) -> None:
+        """Called after each optimizer step (e.g. to move a target network)."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

@@ -1,0 +1,39 @@
+"""u and its total derivative du/dt along a path, by forward-mode AD in float32."""
+
+import torch
+from torch import nn
+
+
+def u_and_dudt(
+    net: nn.Module,
+    z: torch.Tensor,
+    r: torch.Tensor,
+    t: torch.Tensor,
+    dz: torch.Tensor,
+    y: torch.Tensor | None = None,
+    *,
+    create_graph: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(u(z, r, t), du/dt)`` with ``du/dt = dz . grad_z u + d_t u`` (r held fixed).
+
+    One ``torch.func.jvp`` over the network's (z, r, t) inputs with tangent (dz, 0, 1).
+    Runs with autocast off in at least float32 (float64 inputs stay float64), whatever
+    the surrounding precision: a second-order quantity in bfloat16 is mostly rounding.
+
+    ``create_graph=False`` runs under ``no_grad``: ``torch.func.jvp`` otherwise records an
+    autograd graph for the tangent whenever parameters require grad, even if the tangent
+    is detached later (pytorch#151782). ``create_graph=True`` keeps the graph so the
+    gradient flows through du/dt. ``net`` must be the bare network, not a DDP wrapper
+    (``torch.func.jvp`` fails on DistributedDataParallel, pytorch#102197).
+    """
+    with (
+        torch.autocast(device_type=z.device.type, enabled=False),
+        torch.set_grad_enabled(create_graph and torch.is_grad_enabled()),
+    ):
+        dtype = torch.promote_types(z.dtype, torch.float32)
+        z, r, t, dz = (s.to(dtype) for s in (z, r, t, dz))
+        return torch.func.jvp(
+            lambda z_, r_, t_: net(z_, r_, t_, y),
+            (z, r, t),
+            (dz, torch.zeros_like(r), torch.ones_like(t)),
+        )

@@ -1,0 +1,182 @@
+"""Modular MeanFlow (paper eq. 10-11) and MeanFlow, in the conventions of DESIGN.md section 1.
+
+    L_lam = || u(z_t, r, t) + (t - r) SG_lam[du/dt] - v ||^2,
+    SG_lam[a] = lam * a + (1 - lam) * stopgrad(a),
+
+with du/dt the total derivative of u along the JVP tangent (dz, 0, 1). The value of the
+loss does not depend on lam; its gradient is lam * (full gradient) + (1 - lam) *
+(stop-gradient gradient).
+
+The JVP tangent dz (DESIGN.md section 1b):
+- "conditional":   v = e - x (MeanFlow; MMF eq. 11). Unbiased only at lam = 0.
+- "model":         stopgrad u(z, r, t) (the paper's "MeanFlow (full)", eq. 9).
+- "instantaneous": stopgrad u(z, t, t). A function of z alone, so the exact average
+                   velocity is a stationary point for every lam (our recommendation).
+"""
+
+from typing import Literal
+
+import torch
+
+from mmf_lightning.objectives.base import Objective, ObjectiveOutput
+from mmf_lightning.objectives.jvp import u_and_dudt
+from mmf_lightning.objectives.paths import expand_like, linear_path
+from mmf_lightning.objectives.time_sampling import TimeSampler, check_times
+
+Tangent = Literal["conditional", "model", "instantaneous"]
+TANGENTS = ("conditional", "model", "instantaneous")
+
+
+def check_lambda(lam: float) -> float:
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lambda must be in [0, 1], got {lam}")
+    return float(lam)
+
+
+def sg_lambda(a: torch.Tensor, lam: float) -> torch.Tensor:
+    """``lam * a + (1 - lam) * stopgrad(a)``, written so its value is exactly ``a``'s."""
+    frozen = a.detach()
+    return frozen if lam == 0.0 else frozen + lam * (a - frozen)
+
+
+class _ReplayRNG:
+    """Replays the RNG so two passes over the same rows draw the same dropout masks."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.cpu = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state(self.cuda, self.device)
+
+
+def adaptive_weight(per_sample: torch.Tensor, power: float, eps: float) -> torch.Tensor:
+    """MeanFlow's adaptive loss weight ``1 / (||residual||^2 + eps)^power`` (stop-gradient)."""
+    if power == 0.0:
+        return torch.ones_like(per_sample)
+    return 1.0 / (per_sample.detach() + eps) ** power
+
+
+class ModularMeanFlow(Objective):
+    """The lambda-modulated MeanFlow loss; lambda comes from the LambdaScheduler callback.
+
+    Args:
+        tangent: JVP tangent, "conditional" | "model" | "instantaneous" (module docstring).
+        time_sampler: draws (r, t); rows with r = t are plain flow matching and skip the JVP.
+        weighting_power, weighting_eps: MeanFlow's adaptive weight 1 / (||res||^2 + eps)^p; p = 0 is plain L2.
+        num_classes: number of classes when training class-conditionally (labels in the batch).
+        label_dropout: probability of replacing a label by the null label (for guidance).
+        guidance_scale: MeanFlow's training-time guidance w: the target velocity becomes
+            w * v + (1 - w) * stopgrad u(z, t, t | null) on labelled rows; 1 disables it.
+    """
+
+    uses_lambda = True
+
+    def __init__(
+        self,
+        tangent: Tangent = "conditional",
+        time_sampler: TimeSampler | None = None,
+        weighting_power: float = 0.0,
+        weighting_eps: float = 1e-3,
+        num_classes: int | None = None,
+        label_dropout: float = 0.0,
+        guidance_scale: float = 1.0,
+    ):
+        if tangent not in TANGENTS:
+            raise ValueError(f"tangent must be one of {TANGENTS}, got {tangent!r}")
+        if weighting_power < 0 or weighting_eps <= 0:
+            raise ValueError(
+                f"weighting_power must be >= 0 and weighting_eps > 0, got {weighting_power}, {weighting_eps}"
+            )
+        if not 0.0 <= label_dropout <= 1.0:
+            raise ValueError(f"label_dropout must be in [0, 1], got {label_dropout}")
+        if guidance_scale != 1.0 and not num_classes:
+            raise ValueError(f"guidance_scale={guidance_scale} needs class labels: set num_classes")
+        self.tangent = tangent
+        self.time_sampler = time_sampler or TimeSampler()
+        self.weighting_power = weighting_power
+        self.weighting_eps = weighting_eps
+        self.num_classes = num_classes
+        self.label_dropout = label_dropout
+        self.guidance_scale = guidance_scale
+
+    # -- labels and guidance -------------------------------------------------------------
+    def _labels(self, y: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(labels fed to the net, mask of rows that kept their label)."""
+        if y is None or not self.num_classes:
+            return None, None
+        keep = torch.rand(y.shape[0], device=y.device) >= self.label_dropout
+        return torch.where(keep, y, torch.full_like(y, self.num_classes)), keep
+
+    def _target_velocity(self, net, z, t, v, keep) -> torch.Tensor:
+        if self.guidance_scale == 1.0 or keep is None:
+            return v
+        null = torch.full((z.shape[0],), self.num_classes, device=z.device, dtype=torch.long)
+        with torch.no_grad():
+            u_uncond = net(z, t, t, null)
+        guided = self.guidance_scale * v + (1 - self.guidance_scale) * u_uncond
+        return torch.where(expand_like(keep, v), guided, v)
+
+    # -- the loss -----------------------------------------------------------------------
+    def __call__(self, net, x, y=None, *, lam=0.0, step=0, e=None, r=None, t=None) -> ObjectiveOutput:
+        lam = check_lambda(lam)
+        e = torch.randn_like(x) if e is None else e
+        if (r is None) != (t is None):
+            raise ValueError("pass both r and t, or neither")
+        if r is None:
+            r, t = self.time_sampler(x.shape[0], x.device)
+        check_times(r, t)
+        y_in, keep = self._labels(y)
+        z, v = linear_path(x, e, t)
+        v = self._target_velocity(net, z, t, v, keep)
+        residual = self.residual(net, z, r, t, v, y_in, lam)
+        per_sample = residual.square().flatten(1).sum(1)
+        weight = adaptive_weight(per_sample, self.weighting_power, self.weighting_eps)
+        return ObjectiveOutput(
+            loss=(weight * per_sample).mean(),
+            per_sample=per_sample.detach(),
+            stats={"frac_r_lt_t": (r < t).float().mean()},
+        )
+
+    def residual(self, net, z, r, t, v, y=None, lam: float = 0.0) -> torch.Tensor:
+        """``u + (t - r) SG_lam[du/dt] - v`` for every row, (B, *D).
+
+        Rows with r = t are flow matching (``u(z, t, t) - v``) and run no JVP.
+        """
+        jvp_rows = r < t
+        if bool(jvp_rows.all()):
+            return self._meanflow_residual(net, z, r, t, v, y, lam)
+        out = torch.empty_like(z)
+        fm = ~jvp_rows
+        out[fm] = net(z[fm], t[fm], t[fm], _rows(y, fm)) - v[fm]
+        if bool(jvp_rows.any()):
+            j = jvp_rows
+            out[j] = self._meanflow_residual(net, z[j], r[j], t[j], v[j], _rows(y, j), lam)
+        return out
+
+    def _tangent(self, net, z, r, t, v, y) -> torch.Tensor:
+        if self.tangent == "conditional":
+            return v
+        with torch.no_grad():
+            return net(z, r, t, y) if self.tangent == "model" else net(z, t, t, y)
+
+    def _meanflow_residual(self, net, z, r, t, v, y, lam) -> torch.Tensor:
+        dz = self._tangent(net, z, r, t, v, y)
+        if lam == 0.0:
+            # du/dt needs no graph: a no-grad JVP, then u from a plain forward with the
+            # same dropout masks. JVP first, so its buffers are freed before the forward
+            # stores activations for backward.
+            rng = _ReplayRNG(z.device)
+            _, dudt = u_and_dudt(net, z, r, t, dz, y, create_graph=False)
+            rng.restore()
+            u = net(z, r, t, y)
+        else:
+            u, dudt = u_and_dudt(net, z, r, t, dz, y, create_graph=True)
+        return u + expand_like(t - r, z) * sg_lambda(dudt, lam).to(u.dtype) - v
+
+
+def _rows(y: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor | None:
+    return None if y is None else y[mask]

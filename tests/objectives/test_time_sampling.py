@@ -1,0 +1,27 @@
+import torch
+
+from mmf_lightning.objectives import TimeSampler
+
+
+def test_pairs_are_ordered_and_equal_fraction_is_per_sample():
+    r, t = TimeSampler("logit_normal", -0.4, 1.0, equal_fraction=0.25)(20_000)
+    assert ((0 <= r) & (r <= t) & (t <= 1)).all()
+    equal = (r == t).double()
+    assert abs(equal.mean() - 0.25) < 0.02
+    # chosen per sample: every batch of 64 mixes both kinds
+    chunks = equal[: 64 * 100].reshape(100, 64).mean(1)
+    assert ((chunks > 0) & (chunks < 1)).float().mean() > 0.99
+
+
+def test_logit_normal_and_uniform_marginals():
+    s = TimeSampler("logit_normal", mean=-2.0, std=2.0)
+    logits = torch.logit(s.sample_t(50_000).double().clamp(1e-7, 1 - 1e-7))
+    assert abs(logits.mean() + 2.0) < 0.05 and abs(logits.std() - 2.0) < 0.05
+    u = TimeSampler("uniform").sample_t(50_000)
+    assert abs(u.mean() - 0.5) < 0.01 and abs(u.var() - 1 / 12) < 0.003
+
+
+def test_max_and_min_of_two_draws():
+    r, t = TimeSampler("uniform", equal_fraction=0.0)(50_000)
+    # max of two uniforms has mean 2/3, min has mean 1/3
+    assert abs(t.mean() - 2 / 3) < 0.01 and abs(r.mean() - 1 / 3) < 0.01
