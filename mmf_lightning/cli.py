@@ -8,12 +8,16 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
+from mmf_lightning.callbacks import LambdaScheduler
 from mmf_lightning.module import MeanFlowModule
 
 COMMANDS = ("fit", "validate", "test", "predict", "sample")
 
 
 class MMFLightningCLI(LightningCLI):
+    """LightningCLI with a top-level ``lambda_schedule`` group: the LambdaScheduler callback
+    that every run gets (default: the paper's curriculum, T_warmup = 100k)."""
+
     def __init__(self, args=None, run: bool = True):
         super().__init__(
             MeanFlowModule,
@@ -24,6 +28,9 @@ class MMFLightningCLI(LightningCLI):
             args=args,
             run=run,
         )
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_lightning_class_args(LambdaScheduler, "lambda_schedule")
 
 
 def sample_main(argv: list[str]) -> Path:
@@ -73,11 +80,12 @@ def sample_main(argv: list[str]) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] == "sample":
-        sample_main(argv[1:])
+    """``argv`` defaults to ``sys.argv[1:]``; tests pass it explicitly."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args and args[0] == "sample":
+        sample_main(args[1:])
         return
-    MMFLightningCLI(args=argv)
+    MMFLightningCLI(args=None if argv is None else args)
 
 
 if __name__ == "__main__":

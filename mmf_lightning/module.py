@@ -153,19 +153,34 @@ class MeanFlowModule(L.LightningModule):
         net_classes = getattr(self.net, "num_classes", None)
         if dm_classes and net_classes and dm_classes != net_classes:
             raise ValueError(f"the network has num_classes={net_classes}, the datamodule {dm_classes}")
+        if net_classes and dm is not None and not dm_classes:
+            raise ValueError(
+                f"the network is class-conditional (num_classes={net_classes}) but the datamodule "
+                f"{type(dm).__name__} has no labels"
+            )
+        self.objective.check_net(self.net)
 
     def on_fit_start(self) -> None:
-        if self.objective.uses_lambda and not any(
-            type(cb).__name__ == "LambdaScheduler" for cb in self.trainer.callbacks
-        ):
+        schedulers = [cb for cb in self.trainer.callbacks if type(cb).__name__ == "LambdaScheduler"]
+        if len(schedulers) > 1:
+            raise ValueError(
+                f"{len(schedulers)} LambdaScheduler callbacks are configured; keep one (on the command line, "
+                "the top-level lambda_schedule group already adds one)"
+            )
+        if self.objective.uses_lambda and not schedulers:
             raise ValueError(
                 f"{type(self.objective).__name__} reads lambda, but no LambdaScheduler callback is configured; "
                 "add one to trainer.callbacks, e.g. class_path: mmf_lightning.callbacks.LambdaScheduler "
                 "with init_args.schedule a Constant / LinearWarmup / CosineWarmup / Step"
             )
 
-    def training_step(self, batch, batch_idx):
+    def _unpack(self, batch):
+        """Labels go to class-conditional nets only; an unconditional net ignores them."""
         x, y, e = unpack_batch(batch)
+        return x, (y if getattr(self.net, "num_classes", None) else None), e
+
+    def training_step(self, batch, batch_idx):
+        x, y, e = self._unpack(batch)
         out = self.objective(self.net, x, y, lam=self.lam, step=self.global_step, e=e)
         loss = out.loss
         if not torch.isfinite(loss):
@@ -198,7 +213,7 @@ class MeanFlowModule(L.LightningModule):
         self.objective.on_optimizer_step(self.net, self.global_step)
 
     def validation_step(self, batch, batch_idx):
-        x, y, e = unpack_batch(batch)
+        x, y, e = self._unpack(batch)
         out = self.objective(self.net, x, y, lam=self.lam, step=self.global_step, e=e)
         self.log("val/loss", out.loss, sync_dist=True)
         return out.loss

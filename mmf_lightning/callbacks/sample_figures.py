@@ -42,17 +42,16 @@ class SampleFigures(L.Callback):
         self.draw(trainer, pl_module)
 
     def draw(self, trainer, pl_module) -> None:
+        out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "samples"  # log_dir is collective: all ranks
         if not trainer.is_global_zero:
             return
         module = ema_module(trainer, pl_module)
         panels = {}
         for k in self.steps:
             generator = torch.Generator().manual_seed(self.seed)
-            panels[f"{k}-step samples (step {trainer.global_step})"] = module.sample(
-                self.num_samples, k, generator=generator
-            )
+            title = f"{k}-step samples (step {trainer.global_step})"
+            panels[title] = module.sample(self.num_samples, k, generator=generator)
         reference = _reference_batch(trainer, self.num_samples)
-        out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "samples"
         self.last_path = save_samples_figure(panels, out_dir / f"step_{trainer.global_step}.png", reference)
 
 

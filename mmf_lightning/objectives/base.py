@@ -22,7 +22,8 @@ class ObjectiveOutput:
 class Objective(RecordsInit):
     """Plain-torch training objective for a velocity network ``net(z, r, t[, y])``.
 
-    Subclasses implement ``__call__``; ``jump`` defaults to the average-velocity jump
+    ``y`` is given only to class-conditional nets (``net.num_classes``), whose label
+    ``net.num_classes`` means "no label". Subclasses implement ``__call__``; ``jump`` defaults to the average-velocity jump
     ``z_r = z_t - (t - r) u(z_t, r, t)`` of DESIGN.md section 1.
     """
 
@@ -44,6 +45,9 @@ class Objective(RecordsInit):
     def jump(self, net: nn.Module, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor, y=None) -> torch.Tensor:
         """Map ``z`` at times ``t`` to times ``r`` (both (B,)), the way this objective's net is meant to."""
         return z - expand_like(t - r, z) * net(z, r, t, y)
+
+    def check_net(self, net: nn.Module) -> None:
+        """Raise a ValueError if ``net`` cannot be trained by this objective (called before training)."""
 
     def on_optimizer_step(self, net: nn.Module, step: int) -> None:
         """Called after each optimizer step (e.g. to move a target network)."""

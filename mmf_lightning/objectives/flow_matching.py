@@ -18,14 +18,12 @@ class FlowMatching(ModularMeanFlow):
     def __init__(
         self,
         time_sampler: TimeSampler | None = None,
-        num_classes: int | None = None,
         label_dropout: float = 0.0,
         guidance_scale: float = 1.0,
     ):
         super().__init__(
             tangent="conditional",
             time_sampler=time_sampler or TimeSampler("uniform", equal_fraction=1.0),
-            num_classes=num_classes,
             label_dropout=label_dropout,
             guidance_scale=guidance_scale,
         )

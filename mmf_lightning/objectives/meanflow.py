@@ -17,6 +17,7 @@ The JVP tangent dz (DESIGN.md section 1b):
 from typing import Literal
 
 import torch
+from torch import nn
 
 from mmf_lightning.objectives.base import Objective, ObjectiveOutput
 from mmf_lightning.objectives.jvp import u_and_dudt
@@ -67,8 +68,8 @@ class ModularMeanFlow(Objective):
         tangent: JVP tangent, "conditional" | "model" | "instantaneous" (module docstring).
         time_sampler: draws (r, t); rows with r = t are plain flow matching and skip the JVP.
         weighting_power, weighting_eps: MeanFlow's adaptive weight 1 / (||res||^2 + eps)^p; p = 0 is plain L2.
-        num_classes: number of classes when training class-conditionally (labels in the batch).
-        label_dropout: probability of replacing a label by the null label (for guidance).
+        label_dropout: with a class-conditional net, the probability of replacing a label by
+            the null label ``net.num_classes`` (for guidance).
         guidance_scale: MeanFlow's training-time guidance w: the target velocity becomes
             w * v + (1 - w) * stopgrad u(z, t, t | null) on labelled rows; 1 disables it.
     """
@@ -81,7 +82,6 @@ class ModularMeanFlow(Objective):
         time_sampler: TimeSampler | None = None,
         weighting_power: float = 0.0,
         weighting_eps: float = 1e-3,
-        num_classes: int | None = None,
         label_dropout: float = 0.0,
         guidance_scale: float = 1.0,
     ):
@@ -93,28 +93,34 @@ class ModularMeanFlow(Objective):
             )
         if not 0.0 <= label_dropout <= 1.0:
             raise ValueError(f"label_dropout must be in [0, 1], got {label_dropout}")
-        if guidance_scale != 1.0 and not num_classes:
-            raise ValueError(f"guidance_scale={guidance_scale} needs class labels: set num_classes")
         self.tangent = tangent
         self.time_sampler = time_sampler or TimeSampler()
         self.weighting_power = weighting_power
         self.weighting_eps = weighting_eps
-        self.num_classes = num_classes
         self.label_dropout = label_dropout
         self.guidance_scale = guidance_scale
 
+    def check_net(self, net: nn.Module) -> None:
+        if self.guidance_scale != 1.0 and not getattr(net, "num_classes", None):
+            raise ValueError(
+                f"guidance_scale={self.guidance_scale} needs a class-conditional network: set the net's num_classes"
+            )
+
     # -- labels and guidance -------------------------------------------------------------
-    def _labels(self, y: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def _labels(self, net, y: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(labels fed to the net, mask of rows that kept their label)."""
-        if y is None or not self.num_classes:
+        if y is None:
             return None, None
         keep = torch.rand(y.shape[0], device=y.device) >= self.label_dropout
-        return torch.where(keep, y, torch.full_like(y, self.num_classes)), keep
+        return torch.where(keep, y, torch.full_like(y, net.num_classes)), keep
 
     def _target_velocity(self, net, z, t, v, keep) -> torch.Tensor:
-        if self.guidance_scale == 1.0 or keep is None:
+        if self.guidance_scale == 1.0:
             return v
-        null = torch.full((z.shape[0],), self.num_classes, device=z.device, dtype=torch.long)
+        if keep is None:
+            self.check_net(net)
+            raise ValueError(f"guidance_scale={self.guidance_scale} needs labels y in the batch")
+        null = torch.full((z.shape[0],), net.num_classes, device=z.device, dtype=torch.long)
         with torch.no_grad():
             u_uncond = net(z, t, t, null)
         guided = self.guidance_scale * v + (1 - self.guidance_scale) * u_uncond
@@ -129,7 +135,7 @@ class ModularMeanFlow(Objective):
         if r is None:
             r, t = self.time_sampler(x.shape[0], x.device)
         check_times(r, t)
-        y_in, keep = self._labels(y)
+        y_in, keep = self._labels(net, y)
         z, v = linear_path(x, e, t)
         v = self._target_velocity(net, z, t, v, keep)
         residual = self.residual(net, z, r, t, v, y_in, lam)

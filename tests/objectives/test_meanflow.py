@@ -244,8 +244,8 @@ def test_label_dropout_and_guidance_target():
     net = MLP(dim=2, width=16, depth=1, num_classes=3).double()
     x, e, _, t = _batch(4000)
     y = torch.randint(0, 3, (4000,))
-    objective = ModularMeanFlow(num_classes=3, label_dropout=0.25, guidance_scale=2.0)
-    y_in, keep = objective._labels(y)
+    objective = ModularMeanFlow(label_dropout=0.25, guidance_scale=2.0)
+    y_in, keep = objective._labels(net, y)
     assert abs((y_in == 3).double().mean() - 0.25) < 0.03
     assert torch.equal(y_in[keep], y[keep])
     z, v = linear_path(x, e, t)
@@ -272,7 +272,7 @@ def test_r_greater_than_t():
 def test_bad_configuration():
     with pytest.raises(ValueError, match="tangent must be one of"):
         ModularMeanFlow(tangent="velocity")
-    with pytest.raises(ValueError, match="guidance_scale=2.0 needs class labels"):
-        ModularMeanFlow(guidance_scale=2.0)
+    with pytest.raises(ValueError, match="guidance_scale=2.0 needs a class-conditional network"):
+        ModularMeanFlow(guidance_scale=2.0).check_net(_mlp())
     with pytest.raises(ValueError, match="equal_fraction must be in \\[0, 1\\], got 1.5"):
         TimeSampler(equal_fraction=1.5)

@@ -1,0 +1,71 @@
+"""Small data and recording callbacks the tests plug into real Trainer / CLI runs."""
+
+import json
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+class _Images(Dataset):
+    def __init__(self, n, shape, num_classes, seed):
+        g = torch.Generator().manual_seed(seed)
+        self.x = (torch.rand(n, *shape, generator=g) * 2 - 1).clamp(-1, 1)
+        self.y = torch.randint(0, num_classes, (n,), generator=g)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i], "y": self.y[i]}
+
+
+class SmallImages(L.LightningDataModule):
+    """Stand-in for a dataset that cannot be on this machine: same shape and classes, 64 images."""
+
+    def __init__(self, channels: int = 3, image_size: int = 32, num_classes: int = 10, batch_size: int = 8):
+        super().__init__()
+        self.data_shape = (channels, image_size, image_size)
+        self.num_classes = num_classes
+        self.batch_size = batch_size
+
+    def setup(self, stage=None):
+        self.train_set = _Images(64, self.data_shape, self.num_classes, 0)
+        self.val_set = _Images(16, self.data_shape, self.num_classes, 1)
+
+    def train_dataloader(self):
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=True)
+
+    def val_dataloader(self):
+        return DataLoader(self.val_set, batch_size=self.batch_size)
+
+
+class LambdaRecorder(L.Callback):
+    """Appends (optimizer step, lambda used) to a JSON-lines file at every training batch.
+    Must come after the LambdaScheduler in the callback list."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.is_global_zero:
+            with self.path.open("a") as f:
+                f.write(json.dumps([trainer.global_step, pl_module.lam]) + "\n")
+
+
+class GradientRecorder(L.Callback):
+    """Saves every parameter's gradient, per rank, at the first optimizer step."""
+
+    def __init__(self, out_dir: str):
+        self.out_dir = Path(out_dir)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if trainer.global_step == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            grads = {n: p.grad.detach().clone() for n, p in pl_module.named_parameters() if p.grad is not None}
+            missing = [n for n, p in pl_module.named_parameters() if p.requires_grad and p.grad is None]
+            torch.save(
+                {"grads": grads, "missing": missing, "lam": pl_module.lam},
+                self.out_dir / f"rank{trainer.global_rank}.pt",
+            )
