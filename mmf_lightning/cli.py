@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
-from mmf_lightning.callbacks import LambdaScheduler
+from mmf_lightning.callbacks import LambdaScheduler, SampleFigures
 from mmf_lightning.module import MeanFlowModule
 
 COMMANDS = ("fit", "validate", "test", "predict", "sample")
@@ -32,6 +32,18 @@ class MMFLightningCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(LambdaScheduler, "lambda_schedule")
 
+    def after_fit(self) -> None:
+        """Say where the run left its checkpoint and pictures."""
+        trainer = self.trainer
+        if not trainer.is_global_zero:
+            return
+        ckpt = trainer.checkpoint_callback
+        if ckpt is not None and (ckpt.last_model_path or ckpt.best_model_path):
+            print(f"checkpoint: {ckpt.last_model_path or ckpt.best_model_path}")
+        for cb in trainer.callbacks:
+            if isinstance(cb, SampleFigures) and cb.last_path is not None:
+                print(f"samples:    {cb.last_path}")
+
 
 def sample_main(argv: list[str]) -> Path:
     parser = argparse.ArgumentParser(
@@ -50,6 +62,7 @@ def sample_main(argv: list[str]) -> Path:
 
     import numpy as np
     import torch
+    from tqdm import tqdm
 
     from mmf_lightning.plots import save_samples_figure
 
@@ -66,11 +79,11 @@ def sample_main(argv: list[str]) -> Path:
         parser.error(f"--output must end in .npz, got {output}")
     module = MeanFlowModule.load_from_checkpoint(ckpt, map_location=args.device).eval()
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
-    chunks, left = [], args.num_samples
-    while left > 0:
-        n = min(args.batch_size, left)
-        chunks.append(module.sample(n, args.steps, y=args.label, generator=generator).cpu())
-        left -= n
+    sizes = [min(args.batch_size, args.num_samples - i) for i in range(0, args.num_samples, args.batch_size)]
+    chunks = [
+        module.sample(n, args.steps, y=args.label, generator=generator).cpu()
+        for n in tqdm(sizes, desc=f"sampling ({args.steps} step{'s' if args.steps > 1 else ''})", unit="batch")
+    ]
     samples = torch.cat(chunks)
     output.parent.mkdir(parents=True, exist_ok=True)
     np.savez(output, samples=samples.numpy())

@@ -112,7 +112,8 @@ class MeanFlowModule(L.LightningModule):
         was_training = self.net.training
         self.net.eval()
         try:
-            z = torch.randn(num_samples, *self.data_shape, generator=generator, device=self.device)
+            noise_device = generator.device if generator is not None else self.device
+            z = torch.randn(num_samples, *self.data_shape, generator=generator, device=noise_device).to(self.device)
             y = self._sample_labels(num_samples, y, generator)
             grid = torch.linspace(1.0, 0.0, steps + 1, device=self.device)
             states = [z]
@@ -135,7 +136,8 @@ class MeanFlowModule(L.LightningModule):
                 raise ValueError("labels y given but the network is unconditional")
             return None
         if y is None:  # a class-conditional net samples uniformly random classes
-            return torch.randint(0, num_classes, (n,), generator=generator).to(self.device)
+            device = generator.device if generator is not None else self.device
+            return torch.randint(0, num_classes, (n,), generator=generator, device=device).to(self.device)
         y = torch.as_tensor(y, device=self.device).long().expand(n)
         return y
 
@@ -212,11 +214,22 @@ class MeanFlowModule(L.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         self.objective.on_optimizer_step(self.net, self.global_step)
 
-    def validation_step(self, batch, batch_idx):
+    def _eval_loss(self, batch, stage: str) -> torch.Tensor:
         x, y, e = self._unpack(batch)
         out = self.objective(self.net, x, y, lam=self.lam, step=self.global_step, e=e)
-        self.log("val/loss", out.loss, sync_dist=True)
+        self.log(f"{stage}/loss", out.loss, sync_dist=True)
         return out.loss
+
+    def validation_step(self, batch, batch_idx):
+        return self._eval_loss(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        return self._eval_loss(batch, "test")
+
+    def predict_step(self, batch, batch_idx):
+        """One-step samples, as many as the batch has rows (with its labels for conditional nets)."""
+        x, y, _ = self._unpack(batch)
+        return self.sample(x.shape[0], steps=1, y=y)
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -8,6 +8,22 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 
+def quiet_trainer(tmp_path, max_steps=6, callbacks=(), **kw) -> L.Trainer:
+    """A CPU Trainer without logger, progress bar or summary, for short real runs."""
+    args = dict(limit_val_batches=1, log_every_n_steps=1)
+    args.update(kw)
+    return L.Trainer(
+        accelerator="cpu",
+        max_steps=max_steps,
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=list(callbacks),
+        **args,
+    )
+
+
 class _Images(Dataset):
     def __init__(self, n, shape, num_classes, seed):
         g = torch.Generator().manual_seed(seed)

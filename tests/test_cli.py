@@ -164,3 +164,25 @@ def test_ddp_two_ranks_lambda_one_gradients_agree(tmp_path):
     for name, g0 in ranks[0]["grads"].items():
         torch.testing.assert_close(ranks[1]["grads"][name], g0, msg=name)
     assert sum(g.norm() for g in ranks[0]["grads"].values()) > 0
+
+
+@pytest.mark.parametrize("command", ["validate", "test", "predict"])
+def test_validate_test_predict_from_a_checkpoint(command, tmp_path):
+    cli = _fit(ROOT / "configs/quickstart.yaml", tmp_path, "--trainer.val_check_interval=2", steps=2)
+    ckpt = cli.trainer.checkpoint_callback.last_model_path
+    run = MMFLightningCLI(
+        args=[
+            command,
+            "--config",
+            str(ROOT / "configs/quickstart.yaml"),
+            "--ckpt_path",
+            ckpt,
+            *_quiet(tmp_path)[1:],
+            "--trainer.limit_predict_batches=2",
+        ]
+    )
+    if command == "predict":
+        preds = run.trainer.predict_loop.predictions
+        assert len(preds) == 2 and preds[0].shape == (256, 2)
+    else:
+        assert f"{'val' if command == 'validate' else 'test'}/loss" in run.trainer.callback_metrics

@@ -6,6 +6,7 @@ import sys
 import lightning as L
 import pytest
 import torch
+from helpers import quiet_trainer
 from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 
 from mmf_lightning import MeanFlowModule
@@ -24,28 +25,13 @@ def _module(dim=2, **kw):
     )
 
 
-def _trainer(tmp_path, max_steps=6, callbacks=(), **kw):
-    return L.Trainer(
-        accelerator="cpu",
-        max_steps=max_steps,
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=1,
-        log_every_n_steps=1,
-        callbacks=list(callbacks),
-        **kw,
-    )
-
-
 def _data():
     return ToyDataModule("moons", num_train=512, num_val=64, batch_size=64)
 
 
 def test_training_logs_the_stability_measures(tmp_path):
     module = _module(loss_var_window=3)
-    trainer = _trainer(tmp_path, callbacks=[LambdaScheduler(LinearWarmup(4))], enable_checkpointing=False)
+    trainer = quiet_trainer(tmp_path, callbacks=[LambdaScheduler(LinearWarmup(4))], enable_checkpointing=False)
     trainer.fit(module, _data())
     logged = trainer.logged_metrics
     for key in ("train/loss", "train/lambda", "train/grad_norm", "train/loss_var", "train/mse"):
@@ -58,7 +44,7 @@ def test_checkpoint_reloads_in_a_fresh_process_with_ema_weights(tmp_path):
     module = _module()
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     ema = EMAWeightAveraging(decay=0.5)
-    trainer = _trainer(tmp_path, callbacks=[LambdaScheduler(LinearWarmup(2)), ema, ckpt])
+    trainer = quiet_trainer(tmp_path, callbacks=[LambdaScheduler(LinearWarmup(2)), ema, ckpt])
     trainer.fit(module, _data())
     path = tmp_path / "ckpt" / "last.ckpt"
     # the checkpoint holds the EMA weights, which differ from the raw weights
@@ -104,13 +90,13 @@ def test_average_velocity_rejects_r_after_t():
 def test_network_shape_must_fit_the_data(tmp_path):
     module = _module(dim=3)
     with pytest.raises(ValueError, match=r"network expects data of shape \(3,\) but the datamodule .* \(2,\)"):
-        _trainer(tmp_path, callbacks=[LambdaScheduler()]).fit(module, _data())
+        quiet_trainer(tmp_path, callbacks=[LambdaScheduler()]).fit(module, _data())
     assert module.global_step == 0
 
 
 def test_missing_lambda_scheduler_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="no LambdaScheduler callback"):
-        _trainer(tmp_path).fit(_module(), _data())
+        quiet_trainer(tmp_path).fit(_module(), _data())
 
 
 @pytest.mark.parametrize("kw, match", [({"lr": -1.0}, "need lr > 0"), ({"lr_warmup_steps": -3}, "lr_warmup_steps")])
@@ -127,7 +113,7 @@ def test_cosine_learning_rate_with_warmup(tmp_path):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
 
-    _trainer(tmp_path, max_steps=10, callbacks=[LambdaScheduler(), Record()], enable_checkpointing=False).fit(
+    quiet_trainer(tmp_path, max_steps=10, callbacks=[LambdaScheduler(), Record()], enable_checkpointing=False).fit(
         module, _data()
     )
     assert lrs[0] == pytest.approx(5e-4) and lrs[1] == pytest.approx(1e-3)

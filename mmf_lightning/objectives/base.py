@@ -23,8 +23,8 @@ class Objective(RecordsInit):
     """Plain-torch training objective for a velocity network ``net(z, r, t[, y])``.
 
     ``y`` is given only to class-conditional nets (``net.num_classes``), whose label
-    ``net.num_classes`` means "no label". Subclasses implement ``__call__``; ``jump`` defaults to the average-velocity jump
-    ``z_r = z_t - (t - r) u(z_t, r, t)`` of DESIGN.md section 1.
+    ``net.num_classes`` means "no label". Subclasses implement ``__call__``; ``jump`` defaults
+    to the average-velocity jump ``z_r = z_t - (t - r) u(z_t, r, t)`` of DESIGN.md section 1.
     """
 
     #: whether the loss reads lambda (then a LambdaScheduler callback must drive it)

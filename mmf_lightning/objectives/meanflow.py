@@ -155,12 +155,12 @@ class ModularMeanFlow(Objective):
         jvp_rows = r < t
         if bool(jvp_rows.all()):
             return self._meanflow_residual(net, z, r, t, v, y, lam)
+        if not bool(jvp_rows.any()):
+            return net(z, t, t, y) - v
         out = torch.empty_like(z)
-        fm = ~jvp_rows
+        fm, j = ~jvp_rows, jvp_rows
         out[fm] = net(z[fm], t[fm], t[fm], _rows(y, fm)) - v[fm]
-        if bool(jvp_rows.any()):
-            j = jvp_rows
-            out[j] = self._meanflow_residual(net, z[j], r[j], t[j], v[j], _rows(y, j), lam)
+        out[j] = self._meanflow_residual(net, z[j], r[j], t[j], v[j], _rows(y, j), lam)
         return out
 
     def _tangent(self, net, z, r, t, v, y) -> torch.Tensor:
@@ -181,7 +181,8 @@ class ModularMeanFlow(Objective):
             u = net(z, r, t, y)
         else:
             u, dudt = u_and_dudt(net, z, r, t, dz, y, create_graph=True)
-        return u + expand_like(t - r, z) * sg_lambda(dudt, lam).to(u.dtype) - v
+        # in the JVP's precision (>= float32) even when u came from an autocast forward
+        return u.to(dudt.dtype) + expand_like(t - r, z) * sg_lambda(dudt, lam) - v
 
 
 def _rows(y: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor | None:

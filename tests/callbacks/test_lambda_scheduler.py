@@ -2,8 +2,7 @@
 
 import json
 
-import lightning as L
-from helpers import LambdaRecorder
+from helpers import LambdaRecorder, quiet_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from mmf_lightning import MeanFlowModule
@@ -16,13 +15,9 @@ from mmf_lightning.objectives import LinearWarmup, ModularMeanFlow
 def _fit(tmp_path, max_steps, ckpt_path=None, accumulate=1):
     module = MeanFlowModule(MLP(dim=2, width=16, depth=1), ModularMeanFlow())
     schedule = LinearWarmup(10)
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
+        tmp_path,
         max_steps=max_steps,
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         limit_val_batches=0,
         accumulate_grad_batches=accumulate,
         callbacks=[
