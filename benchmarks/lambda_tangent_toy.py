@@ -31,11 +31,11 @@ ROWS = {
 
 
 def run(job):
-    row, dataset, seed, steps = job
+    row, dataset, seed, steps, time_scale = job
     torch.set_num_threads(1)
     torch.manual_seed(seed)
     tangent, schedule = ROWS[row][0], ROWS[row][1]()
-    net = MLP(dim=2, width=256, depth=4)
+    net = MLP(dim=2, width=256, depth=4, time_scale=time_scale)
     objective = ModularMeanFlow(tangent, TimeSampler("uniform", equal_fraction=0.25))
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     data = torch.Generator().manual_seed(seed)
@@ -71,9 +71,10 @@ def main():
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--time_scale", type=float, default=10.0, help="the MLP's time-embedding scale")
     p.add_argument("--datasets", nargs="+", default=["checkerboard", "moons"])
     args = p.parse_args()
-    jobs = [(row, d, s, args.steps) for row in ROWS for d in args.datasets for s in range(args.seeds)]
+    jobs = [(row, d, s, args.steps, args.time_scale) for row in ROWS for d in args.datasets for s in range(args.seeds)]
     results: dict = {}
     with ProcessPoolExecutor(args.workers) as pool:
         for i, (row, dataset, res) in enumerate(pool.map(run, jobs), 1):
@@ -88,7 +89,7 @@ def main():
             cells.append(f"{statistics.mean(r[0] for r in rs):.2f} / {statistics.mean(r[1] for r in rs):.2f}")
             cells.append(f"{statistics.mean(r[2] for r in rs):.3g}")
         print(f"| {row} | " + " | ".join(cells) + " |")
-    print(f"\n(mean of {args.seeds} seeds, {args.steps} steps)")
+    print(f"\n(mean of {args.seeds} seeds, {args.steps} steps, time_scale {args.time_scale})")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ class MLP(RecordsInit, nn.Module):
     """``forward(z: (B, dim), r: (B,), t: (B,), y: (B,) long | None) -> (B, dim)``.
 
     The (t, t - r) embedding (and the class embedding) is concatenated to z and fed to a
-    SiLU MLP of ``depth`` hidden layers of ``width`` units.
+    SiLU MLP of ``depth`` hidden layers of ``width`` units. ``time_scale``: see
+    ``embeddings.SinusoidalEmbedding``.
     """
 
     def __init__(
@@ -23,13 +24,14 @@ class MLP(RecordsInit, nn.Module):
         time_dim: int = 64,
         num_classes: int | None = None,
         dropout: float = 0.0,
+        time_scale: float = 10.0,
     ):
         super().__init__()
         if depth < 1:
             raise ValueError(f"MLP depth must be >= 1, got {depth}")
         self.data_shape = (dim,)
         self.num_classes = num_classes
-        self.time_embed = TimePairEmbedding(time_dim, time_dim)
+        self.time_embed = TimePairEmbedding(time_dim, time_dim, time_scale)
         self.class_embed = ClassEmbedding(num_classes, time_dim) if num_classes else None
         layers: list[nn.Module] = []
         in_dim = dim + time_dim

@@ -55,6 +55,8 @@ class UNet(RecordsInit, nn.Module):
         num_classes: enables class conditioning (label ``num_classes`` is the null label).
         num_heads: attention heads.
         groups: GroupNorm groups.
+        time_scale: t and t - r are multiplied by this before the sinusoidal features (see
+            ``embeddings.SinusoidalEmbedding``).
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class UNet(RecordsInit, nn.Module):
         num_classes: int | None = None,
         num_heads: int = 1,
         groups: int = 32,
+        time_scale: float = 10.0,
     ):
         super().__init__()
         levels = len(channel_mult)
@@ -81,7 +84,7 @@ class UNet(RecordsInit, nn.Module):
         self.data_shape = (in_channels, image_size, image_size)
         self.num_classes = num_classes
         emb_dim = 4 * channels
-        self.time_embed = TimePairEmbedding(channels, emb_dim)
+        self.time_embed = TimePairEmbedding(channels, emb_dim, time_scale)
         self.class_embed = ClassEmbedding(num_classes, emb_dim) if num_classes else None
 
         self.stem = Conv2d(in_channels, channels, 3, padding=1)

@@ -9,11 +9,11 @@ from mmf_lightning.metrics import sliced_wasserstein
 def test_shifted_gaussians_have_the_closed_form_distance():
     """For N(0, I) and N(m, I) in D dims, SW2^2 = E[(theta . m)^2] = |m|^2 / D."""
     g = torch.Generator().manual_seed(0)
-    a = torch.randn(100_000, 4, generator=g)
+    a = torch.randn(20_000, 4, generator=g)
     m = torch.tensor([1.0, -2.0, 0.5, 0.0])
-    b = torch.randn(100_000, 4, generator=g) + m
-    sw = sliced_wasserstein(a, b, num_projections=2000, generator=g)
-    assert sw == pytest.approx(m.norm().item() / math.sqrt(4), rel=0.03)
+    b = torch.randn(20_000, 4, generator=g) + m
+    sw = sliced_wasserstein(a, b, num_projections=1000, generator=g)
+    assert sw == pytest.approx(m.norm().item() / math.sqrt(4), rel=0.05)
     assert sliced_wasserstein(a, a.clone(), generator=g) == 0.0
 
 
