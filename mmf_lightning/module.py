@@ -9,7 +9,6 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import grad_norm
 from torch import nn
 
 from mmf_lightning.config import init_config
@@ -74,7 +73,7 @@ class MeanFlowModule(L.LightningModule):
         self.net = net
         self.objective = objective
         self.lam = 0.0
-        self._loss_window: deque[float] = deque(maxlen=loss_var_window)
+        self._loss_window: deque[torch.Tensor] = deque(maxlen=loss_var_window)
 
     def _save_hparams(self, net: nn.Module, objective: Objective) -> None:
         from_cli = _given_hyperparameters is not None and _given_hyperparameters.get() is not None
@@ -201,15 +200,15 @@ class MeanFlowModule(L.LightningModule):
         """Variance of the (all-rank mean) loss over the last ``loss_var_window`` steps: the
         paper's training-stability measure."""
         mean_loss = self.trainer.strategy.reduce(loss, reduce_op="mean") if self._trainer else loss
-        self._loss_window.append(float(mean_loss))
+        self._loss_window.append(mean_loss.double())  # stays on the device: no sync per step
         if len(self._loss_window) >= 2:
-            window = torch.tensor(list(self._loss_window), dtype=torch.float64)
-            self.log("train/loss_var", window.var().item())
+            self.log("train/loss_var", torch.stack(list(self._loss_window)).var())
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        norms = grad_norm(self.net, norm_type=2)
-        if "grad_2.0_norm_total" in norms:
-            self.log("train/grad_norm", norms["grad_2.0_norm_total"])
+        """The total gradient 2-norm, before any clipping."""
+        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+        if grads:
+            self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         self.objective.on_optimizer_step(self.net, self.global_step)
