@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from mmf_lightning.config import init_config
-from mmf_lightning.objectives import Objective
+from mmf_lightning.objectives import Objective, SampledPath
 from mmf_lightning.objectives.time_sampling import check_times
 
 try:  # set by LightningCLI while it builds the module; absent when built in Python
@@ -23,16 +23,19 @@ except ImportError:  # pragma: no cover
 _INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
 
 
-def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Every DataModule yields a dict with "x" (data), optional "y" (labels), optional "e"
-    (a source sample paired with x); a bare tensor or an (x, y) pair is accepted too."""
-    if isinstance(batch, dict):
-        return batch["x"], batch.get("y"), batch.get("e")
+def unpack_batch(batch: Any) -> dict:
+    """Every DataModule yields a dict: "x" (data, (B, *D)), and optionally "y" (labels, (B,)),
+    "e" (a source sample paired with x) and "path" / "path_velocity" (a trajectory from x at
+    t = 0 to e at t = 1 on a uniform grid, (B, K + 1, *D)). A bare tensor or an (x, y) pair
+    is accepted too. Returns {"x", "y", "e", "path"}, absent entries None."""
     if isinstance(batch, torch.Tensor):
-        return batch, None, None
-    if isinstance(batch, (list, tuple)) and len(batch) == 2:
-        return batch[0], batch[1], None
-    raise TypeError(f"a batch must be a dict with key 'x', a tensor or an (x, y) pair, got {type(batch).__name__}")
+        batch = {"x": batch}
+    elif isinstance(batch, (list, tuple)) and len(batch) == 2:
+        batch = {"x": batch[0], "y": batch[1]}
+    if not isinstance(batch, dict) or "x" not in batch:
+        raise TypeError(f"a batch must be a dict with key 'x', a tensor or an (x, y) pair, got {type(batch).__name__}")
+    path = SampledPath(batch["path"], batch["path_velocity"]) if "path" in batch else None
+    return {"x": batch["x"], "y": batch.get("y"), "e": batch.get("e"), "path": path}
 
 
 class MeanFlowModule(L.LightningModule):
@@ -175,14 +178,19 @@ class MeanFlowModule(L.LightningModule):
                 "with init_args.schedule a Constant / LinearWarmup / CosineWarmup / Step"
             )
 
-    def _unpack(self, batch):
+    def _labels(self, b: dict) -> torch.Tensor | None:
         """Labels go to class-conditional nets only; an unconditional net ignores them."""
-        x, y, e = unpack_batch(batch)
-        return x, (y if getattr(self.net, "num_classes", None) else None), e
+        return b["y"] if getattr(self.net, "num_classes", None) else None
+
+    def _loss(self, batch):
+        b = unpack_batch(batch)
+        out = self.objective(
+            self.net, b["x"], self._labels(b), lam=self.lam, step=self.global_step, e=b["e"], path=b["path"]
+        )
+        return b["x"], out
 
     def training_step(self, batch, batch_idx):
-        x, y, e = self._unpack(batch)
-        out = self.objective(self.net, x, y, lam=self.lam, step=self.global_step, e=e)
+        x, out = self._loss(batch)
         loss = out.loss
         if not torch.isfinite(loss):
             raise FloatingPointError(
@@ -214,8 +222,7 @@ class MeanFlowModule(L.LightningModule):
         self.objective.on_optimizer_step(self.net, self.global_step)
 
     def _eval_loss(self, batch, stage: str) -> torch.Tensor:
-        x, y, e = self._unpack(batch)
-        out = self.objective(self.net, x, y, lam=self.lam, step=self.global_step, e=e)
+        _, out = self._loss(batch)
         self.log(f"{stage}/loss", out.loss, sync_dist=True)
         return out.loss
 
@@ -227,8 +234,8 @@ class MeanFlowModule(L.LightningModule):
 
     def predict_step(self, batch, batch_idx):
         """One-step samples, as many as the batch has rows (with its labels for conditional nets)."""
-        x, y, _ = self._unpack(batch)
-        return self.sample(x.shape[0], steps=1, y=y)
+        b = unpack_batch(batch)
+        return self.sample(b["x"].shape[0], steps=1, y=self._labels(b))
 
     def configure_optimizers(self):
         hp = self.hparams

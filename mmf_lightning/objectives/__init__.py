@@ -6,7 +6,7 @@ from mmf_lightning.objectives.consistency import ConsistencyTraining
 from mmf_lightning.objectives.flow_matching import FlowMatching
 from mmf_lightning.objectives.jvp import u_and_dudt
 from mmf_lightning.objectives.meanflow import ModularMeanFlow, sg_lambda
-from mmf_lightning.objectives.paths import linear_path
+from mmf_lightning.objectives.paths import LinearPath, SampledPath, linear_path
 from mmf_lightning.objectives.schedules import Constant, CosineWarmup, LambdaSchedule, LinearWarmup, Step
 from mmf_lightning.objectives.time_sampling import TimeSampler
 
@@ -16,10 +16,12 @@ __all__ = [
     "CosineWarmup",
     "FlowMatching",
     "LambdaSchedule",
+    "LinearPath",
     "LinearWarmup",
     "ModularMeanFlow",
     "Objective",
     "ObjectiveOutput",
+    "SampledPath",
     "Step",
     "TimeSampler",
     "linear_path",

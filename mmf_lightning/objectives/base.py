@@ -6,7 +6,14 @@ import torch
 from torch import nn
 
 from mmf_lightning.config import RecordsInit
-from mmf_lightning.objectives.paths import expand_like
+from mmf_lightning.objectives.paths import LinearPath, expand_like
+
+
+def default_path(x: torch.Tensor, e: torch.Tensor | None, path):
+    """The batch's path, else the straight line from x to e (fresh N(0, I) noise if e is None)."""
+    if path is not None:
+        return path
+    return LinearPath(x, torch.randn_like(x) if e is None else e)
 
 
 @dataclass
@@ -39,7 +46,10 @@ class Objective(RecordsInit):
         lam: float = 0.0,
         step: int = 0,
         e: torch.Tensor | None = None,
+        path=None,
     ) -> ObjectiveOutput:
+        """``x``: data (B, *D); ``e``: a source sample paired with x (default: fresh N(0, I));
+        ``path``: ``t -> (z_t, v_t)`` (default: the straight line from x to e, ``LinearPath``)."""
         raise NotImplementedError
 
     def jump(self, net: nn.Module, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor, y=None) -> torch.Tensor:

@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from mmf_lightning.objectives.base import Objective, ObjectiveOutput
+from mmf_lightning.objectives.base import Objective, ObjectiveOutput, default_path
 from mmf_lightning.objectives.meanflow import _ReplayRNG
 from mmf_lightning.objectives.paths import expand_like, linear_path
 
@@ -97,8 +97,8 @@ class ConsistencyTraining(Objective):
                 self._pending_target_state = None
         return self.target
 
-    def __call__(self, net, x, y=None, *, lam=0.0, step=0, e=None) -> ObjectiveOutput:
-        e = torch.randn_like(x) if e is None else e
+    def __call__(self, net, x, y=None, *, lam=0.0, step=0, e=None, path=None) -> ObjectiveOutput:
+        path = default_path(x, e, path)
         grid = self.times(self.num_scales(step), x.device)
         n = torch.randint(0, grid.numel() - 1, (x.shape[0],), device=x.device)
         t_lo, t_hi = grid[n], grid[n + 1]
@@ -106,9 +106,9 @@ class ConsistencyTraining(Objective):
         target_net.train(net.training)
         rng = _ReplayRNG(x.device)  # same dropout masks for online and target (iCT)
         with torch.no_grad():
-            target = self.denoise(target_net, linear_path(x, e, t_lo)[0], t_lo, y)
+            target = self.denoise(target_net, path(t_lo)[0], t_lo, y)
         rng.restore()
-        online = self.denoise(net, linear_path(x, e, t_hi)[0], t_hi, y)
+        online = self.denoise(net, path(t_hi)[0], t_hi, y)
         sq = (online - target).square().flatten(1).sum(1)
         if self.distance == "pseudo_huber":
             c = 0.00054 * math.sqrt(x[0].numel())

@@ -28,9 +28,9 @@ class FlowMatching(ModularMeanFlow):
             guidance_scale=guidance_scale,
         )
 
-    def __call__(self, net, x, y=None, *, lam=0.0, step=0, e=None):
+    def __call__(self, net, x, y=None, *, lam=0.0, step=0, e=None, path=None):
         t = self.time_sampler.sample_t(x.shape[0], x.device)
-        return super().__call__(net, x, y, e=e, r=t, t=t)
+        return super().__call__(net, x, y, e=e, path=path, r=t, t=t)
 
     def jump(self, net, z, r, t, y=None):
         return z - expand_like(t - r, z) * net(z, t, t, y)

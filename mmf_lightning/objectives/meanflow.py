@@ -19,9 +19,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-from mmf_lightning.objectives.base import Objective, ObjectiveOutput
+from mmf_lightning.objectives.base import Objective, ObjectiveOutput, default_path
 from mmf_lightning.objectives.jvp import u_and_dudt
-from mmf_lightning.objectives.paths import expand_like, linear_path
+from mmf_lightning.objectives.paths import expand_like
 from mmf_lightning.objectives.time_sampling import TimeSampler, check_times
 
 Tangent = Literal["conditional", "model", "instantaneous"]
@@ -127,16 +127,16 @@ class ModularMeanFlow(Objective):
         return torch.where(expand_like(keep, v), guided, v)
 
     # -- the loss -----------------------------------------------------------------------
-    def __call__(self, net, x, y=None, *, lam=0.0, step=0, e=None, r=None, t=None) -> ObjectiveOutput:
+    def __call__(self, net, x, y=None, *, lam=0.0, step=0, e=None, path=None, r=None, t=None) -> ObjectiveOutput:
         lam = check_lambda(lam)
-        e = torch.randn_like(x) if e is None else e
+        path = default_path(x, e, path)
         if (r is None) != (t is None):
             raise ValueError("pass both r and t, or neither")
         if r is None:
             r, t = self.time_sampler(x.shape[0], x.device)
         check_times(r, t)
         y_in, keep = self._labels(net, y)
-        z, v = linear_path(x, e, t)
+        z, v = path(t)
         v = self._target_velocity(net, z, t, v, keep)
         residual = self.residual(net, z, r, t, v, y_in, lam)
         per_sample = residual.square().flatten(1).sum(1)
