@@ -14,6 +14,7 @@ from torch import nn
 from mmf_lightning.config import init_config
 from mmf_lightning.objectives import Objective, SampledPath
 from mmf_lightning.objectives.time_sampling import check_times
+from mmf_lightning.sources import Source, StandardNormal
 
 try:  # set by LightningCLI while it builds the module; absent when built in Python
     from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
@@ -49,6 +50,8 @@ class MeanFlowModule(L.LightningModule):
         lr_warmup_steps: linear learning-rate warmup from 0.
         lr_decay: "cosine" (to ``min_lr`` at the last step, as in the paper) or "constant".
         loss_var_window: number of recent steps over which ``train/loss_var`` is computed.
+        source: the distribution of e at t = 1 (``mmf_lightning.sources``; default N(0, I)),
+            used when a batch brings no e of its own, and by ``sample``.
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class MeanFlowModule(L.LightningModule):
         lr_decay: Literal["cosine", "constant"] = "cosine",
         min_lr: float = 0.0,
         loss_var_window: int = 100,
+        source: Source | None = None,
     ):
         super().__init__()
         if lr <= 0 or min_lr < 0 or min_lr > lr:
@@ -72,21 +76,22 @@ class MeanFlowModule(L.LightningModule):
             raise ValueError(f"lr_decay must be 'cosine' or 'constant', got {lr_decay!r}")
         if loss_var_window < 2:
             raise ValueError(f"loss_var_window must be >= 2, got {loss_var_window}")
-        self._save_hparams(net, objective)
+        self.source = source if source is not None else StandardNormal()
+        self._save_hparams(net, objective, self.source)
         self.net = net
         self.objective = objective
         self.lam = 0.0
         self._loss_window: deque[torch.Tensor] = deque(maxlen=loss_var_window)
 
-    def _save_hparams(self, net: nn.Module, objective: Objective) -> None:
+    def _save_hparams(self, net: nn.Module, objective: Objective, source: Source) -> None:
         from_cli = _given_hyperparameters is not None and _given_hyperparameters.get() is not None
         if from_cli:
             self.save_hyperparameters()
             return
-        self.save_hyperparameters(ignore=["net", "objective"], frame=inspect.currentframe().f_back)
-        net_cfg, obj_cfg = init_config(net), init_config(objective)
-        if net_cfg is not None and obj_cfg is not None:
-            self.hparams.update(net=net_cfg, objective=obj_cfg, _instantiator=_INSTANTIATOR)
+        self.save_hyperparameters(ignore=["net", "objective", "source"], frame=inspect.currentframe().f_back)
+        configs = {"net": init_config(net), "objective": init_config(objective), "source": init_config(source)}
+        if all(c is not None for c in configs.values()):
+            self.hparams.update(**configs, _instantiator=_INSTANTIATOR)
 
     # -- public API used by notebooks --------------------------------------------------------
     @property
@@ -106,7 +111,7 @@ class MeanFlowModule(L.LightningModule):
     def sample_trajectory(self, num_samples: int, steps: int = 1, y=None, generator=None) -> torch.Tensor:
         """Every state z_{t_k} on the grid t_k = 1 - k / steps: (steps + 1, N, *data_shape).
 
-        Starts from e ~ N(0, I) and applies the objective's jump (for MeanFlow objectives
+        Starts from e ~ ``source`` and applies the objective's jump (for MeanFlow objectives
         z_r = z_t - (t - r) u(z_t, r, t)); the last state is the sample.
         """
         if steps < 1 or num_samples < 1:
@@ -114,8 +119,7 @@ class MeanFlowModule(L.LightningModule):
         was_training = self.net.training
         self.net.eval()
         try:
-            noise_device = generator.device if generator is not None else self.device
-            z = torch.randn(num_samples, *self.data_shape, generator=generator, device=noise_device).to(self.device)
+            z = self.source.sample(num_samples, self.data_shape, generator, self.device).to(self.device)
             y = self._sample_labels(num_samples, y, generator)
             grid = torch.linspace(1.0, 0.0, steps + 1, device=self.device)
             states = [z]
@@ -163,6 +167,12 @@ class MeanFlowModule(L.LightningModule):
                 f"{type(dm).__name__} has no labels"
             )
         self.objective.check_net(self.net)
+        dm_source = getattr(dm, "source", None)
+        if dm_source is not None and dm_source != self.source:
+            raise ValueError(
+                f"the datamodule draws its sources e from {dm_source!r} but the model samples from "
+                f"{self.source!r}; set model.source to the same (class_path and init_args)"
+            )
 
     def on_fit_start(self) -> None:
         schedulers = [cb for cb in self.trainer.callbacks if type(cb).__name__ == "LambdaScheduler"]
@@ -184,6 +194,9 @@ class MeanFlowModule(L.LightningModule):
 
     def _loss(self, batch):
         b = unpack_batch(batch)
+        if b["e"] is None and b["path"] is None:
+            x = b["x"]
+            b["e"] = self.source.sample(x.shape[0], x.shape[1:], device=x.device).to(x.dtype)
         out = self.objective(
             self.net, b["x"], self._labels(b), lam=self.lam, step=self.global_step, e=b["e"], path=b["path"]
         )
