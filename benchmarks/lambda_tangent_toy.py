@@ -15,7 +15,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
-from mmf_lightning.data.toy2d import sample_distribution
+from mmf_lightning.distributions import sample_distribution
 from mmf_lightning.metrics import sliced_wasserstein
 from mmf_lightning.nets import MLP
 from mmf_lightning.objectives import Constant, LinearWarmup, ModularMeanFlow, TimeSampler

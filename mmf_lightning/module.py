@@ -175,6 +175,8 @@ class MeanFlowModule(L.LightningModule):
             )
 
     def on_fit_start(self) -> None:
+        if self.trainer.world_size > 1:  # every rank would otherwise draw the same noise and times
+            torch.manual_seed(torch.initial_seed() + self.global_rank)
         schedulers = [cb for cb in self.trainer.callbacks if type(cb).__name__ == "LambdaScheduler"]
         if len(schedulers) > 1:
             raise ValueError(

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mmf_lightning.cli import MMFLightningCLI
-from mmf_lightning.data.toy2d import sample_distribution
+from mmf_lightning.distributions import sample_distribution
 from mmf_lightning.metrics import sliced_wasserstein
 from mmf_lightning.nets import MLP
 from mmf_lightning.nets.gaussian import GaussianAverageVelocity

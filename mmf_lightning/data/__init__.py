@@ -1,8 +1,28 @@
 """LightningDataModules. Every batch is a dict: "x" (data), and optionally "y" (labels), "e"
 (a source sample paired with x), "path" / "path_velocity" (a trajectory from x to e)."""
 
-from mmf_lightning.data.distributions import sample_distribution
-from mmf_lightning.data.images import CIFAR10DataModule
+from mmf_lightning.distributions import sample_distribution
+from mmf_lightning.data.images import (
+    CIFAR10DataModule,
+    DigitsDataModule,
+    ImageFolderDataModule,
+    ImageNet64DataModule,
+    to_unit_range,
+)
+from mmf_lightning.data.shift import ShiftDataModule
 from mmf_lightning.data.toy2d import ToyDataModule
+from mmf_lightning.data.trajectories import NpzTrajectoryDataModule, ODEDataModule, PointMassDataModule
 
-__all__ = ["CIFAR10DataModule", "ToyDataModule", "sample_distribution"]
+__all__ = [
+    "CIFAR10DataModule",
+    "DigitsDataModule",
+    "ImageFolderDataModule",
+    "ImageNet64DataModule",
+    "NpzTrajectoryDataModule",
+    "ODEDataModule",
+    "PointMassDataModule",
+    "ShiftDataModule",
+    "ToyDataModule",
+    "sample_distribution",
+    "to_unit_range",
+]

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 import torch
 
 from mmf_lightning.data.base import DataModuleBase, DictDataset
-from mmf_lightning.data.distributions import DISTRIBUTIONS, sample_distribution
+from mmf_lightning.distributions import DISTRIBUTIONS, sample_distribution
 
 __all__ = ["DISTRIBUTIONS", "ToyDataModule", "sample_distribution"]
 
