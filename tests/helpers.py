@@ -85,3 +85,20 @@ class GradientRecorder(L.Callback):
                 {"grads": grads, "missing": missing, "lam": pl_module.lam},
                 self.out_dir / f"rank{trainer.global_rank}.pt",
             )
+
+
+class ShardRecorder(L.Callback):
+    """Saves, per rank, every training row it saw and a draw from torch's generator at each step."""
+
+    def __init__(self, out_dir: str):
+        self.out_dir = Path(out_dir)
+        self.rows, self.draws = [], []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.rows.append(batch["x"].detach().cpu())
+        self.draws.append(torch.rand(4))
+
+    def on_train_end(self, trainer, pl_module):
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        torch.save({"rows": torch.cat(self.rows), "draws": torch.stack(self.draws)},
+                   self.out_dir / f"rank{trainer.global_rank}.pt")
