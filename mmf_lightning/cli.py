@@ -32,6 +32,18 @@ class MMFLightningCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(LambdaScheduler, "lambda_schedule")
 
+    def before_instantiate_classes(self) -> None:
+        """Name the run after its config file (``configs/ode/lambda0.yaml`` -> ``ode/lambda0``)
+        unless the logger was given a name."""
+        cfg = self.config[self.config.subcommand] if "subcommand" in self.config else self.config
+        logger, configs = cfg.get("trainer", {}).get("logger"), cfg.get("config") or []
+        args = getattr(logger, "init_args", None)
+        if not configs or args is None or args.get("name", "") not in (None, "lightning_logs"):
+            return
+        path = Path(str(configs[-1])).with_suffix("")
+        parts = path.parts[path.parts.index("configs") + 1 :] if "configs" in path.parts else (path.name,)
+        args.name = "/".join(parts)
+
     def after_fit(self) -> None:
         """Say where the run left its checkpoint and pictures."""
         trainer = self.trainer

@@ -114,17 +114,25 @@ class MeanFlowModule(L.LightningModule):
         Starts from e ~ ``source`` and applies the objective's jump (for MeanFlow objectives
         z_r = z_t - (t - r) u(z_t, r, t)); the last state is the sample.
         """
-        if steps < 1 or num_samples < 1:
-            raise ValueError(f"need steps >= 1 and num_samples >= 1, got {steps}, {num_samples}")
+        if num_samples < 1:
+            raise ValueError(f"need num_samples >= 1, got {num_samples}")
+        e = self.source.sample(num_samples, self.data_shape, generator, self.device).to(self.device)
+        return self.trajectory_from(e, steps, self._sample_labels(num_samples, y, generator))
+
+    @torch.no_grad()
+    def trajectory_from(self, e: torch.Tensor, steps: int = 1, y=None) -> torch.Tensor:
+        """The states from given starts e (N, *data_shape) at t = 1: (steps + 1, N, *data_shape).
+        ``y``: labels for a class-conditional net (None draws none: pass them explicitly)."""
+        if steps < 1:
+            raise ValueError(f"need steps >= 1, got {steps}")
         was_training = self.net.training
         self.net.eval()
         try:
-            z = self.source.sample(num_samples, self.data_shape, generator, self.device).to(self.device)
-            y = self._sample_labels(num_samples, y, generator)
+            z, n = e.to(self.device), e.shape[0]
             grid = torch.linspace(1.0, 0.0, steps + 1, device=self.device)
             states = [z]
             for k in range(steps):
-                t, r = (torch.full((num_samples,), float(s), device=self.device) for s in grid[k : k + 2])
+                t, r = (torch.full((n,), float(s), device=self.device) for s in grid[k : k + 2])
                 z = self.objective.jump(self.net, z, r, t, y)
                 states.append(z)
             return torch.stack(states)

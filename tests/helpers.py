@@ -100,5 +100,7 @@ class ShardRecorder(L.Callback):
 
     def on_train_end(self, trainer, pl_module):
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        torch.save({"rows": torch.cat(self.rows), "draws": torch.stack(self.draws)},
-                   self.out_dir / f"rank{trainer.global_rank}.pt")
+        torch.save(
+            {"rows": torch.cat(self.rows), "draws": torch.stack(self.draws)},
+            self.out_dir / f"rank{trainer.global_rank}.pt",
+        )

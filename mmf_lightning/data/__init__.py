@@ -1,7 +1,6 @@
 """LightningDataModules. Every batch is a dict: "x" (data), and optionally "y" (labels), "e"
 (a source sample paired with x), "path" / "path_velocity" (a trajectory from x to e)."""
 
-from mmf_lightning.distributions import sample_distribution
 from mmf_lightning.data.images import (
     CIFAR10DataModule,
     DigitsDataModule,
@@ -12,6 +11,7 @@ from mmf_lightning.data.images import (
 from mmf_lightning.data.shift import ShiftDataModule
 from mmf_lightning.data.toy2d import ToyDataModule
 from mmf_lightning.data.trajectories import NpzTrajectoryDataModule, ODEDataModule, PointMassDataModule
+from mmf_lightning.distributions import sample_distribution
 
 __all__ = [
     "CIFAR10DataModule",

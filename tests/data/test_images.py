@@ -75,7 +75,12 @@ def test_imagenet64_npz_batches_and_cache(tmp_path):
     assert item["x"].shape == (3, 64, 64) and item["y"] == 2  # labels 1..1000 -> 0..999
     # channel-major rows: the first 4096 bytes are the red plane
     raw = np.load(tmp_path / "val_data.npz")["data"][2]
-    torch.testing.assert_close(to_unit_range(item["x"][0]) * 255, torch.tensor(raw[:4096].reshape(64, 64), dtype=torch.float32), atol=1e-3, rtol=0)
+    torch.testing.assert_close(
+        to_unit_range(item["x"][0]) * 255,
+        torch.tensor(raw[:4096].reshape(64, 64), dtype=torch.float32),
+        atol=1e-3,
+        rtol=0,
+    )
     assert (tmp_path / "cache" / "train_images.npy").is_file()
     (tmp_path / "train_data_batch_1.npz").unlink()  # a second run reads the cache, not the batches
     dm2 = ImageNet64DataModule(root=str(tmp_path), batch_size=4, num_workers=0, random_flip=False)
