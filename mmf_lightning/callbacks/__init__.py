@@ -2,5 +2,6 @@
 
 from mmf_lightning.callbacks.lambda_schedule import LambdaScheduler
 from mmf_lightning.callbacks.sample_figures import SampleFigures
+from mmf_lightning.callbacks.fid import FID
 
-__all__ = ["LambdaScheduler", "SampleFigures"]
+__all__ = ["FID", "LambdaScheduler", "SampleFigures"]

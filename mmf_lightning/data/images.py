@@ -101,6 +101,20 @@ class ImageDataModule(DataModuleBase):
     def _train_labels(self, train: Dataset) -> Sequence[int]:
         return [train[i][1] for i in range(len(train))]
 
+    def reference_set(self, split: str = "train") -> Dataset:
+        """The whole ``split`` ("train" or "val") without augmentation or subsetting: the
+        reference images of FID."""
+        if split not in ("train", "val"):
+            raise ValueError(f"reference split must be 'train' or 'val', got {split!r}")
+        base = self._splits()[0 if split == "train" else 1]
+        return LabelledImages(base, image_transform(False, False, self.image_size))
+
+    def reference_key(self, split: str = "train") -> str:
+        """What identifies the reference images, for caches of their statistics."""
+        root = getattr(self, "root", None)
+        where = f"root={Path(root).resolve()}, " if root is not None else ""
+        return f"{type(self).__name__}({where}split={split}, size={'x'.join(map(str, self.data_shape))})"
+
     def setup(self, stage: str | None = None) -> None:
         train, val = self._splits()
         if self.subset_fraction < 1.0:

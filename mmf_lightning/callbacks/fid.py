@@ -1,0 +1,126 @@
+"""FID during validation, with the EMA weights, split across ranks, exact under DDP."""
+
+import lightning as L
+import torch
+from torch import nn
+
+from mmf_lightning.metrics.features import freeze, inception_v3, to_uint8
+from mmf_lightning.metrics.fid import cache_path, feature_statistics, make_fid, set_real_statistics
+
+
+class FID(L.Callback):
+    """Computes FID of the model's samples against a reference split at every validation.
+
+    Samples are drawn in the hook after the first validation batch, when Lightning's
+    WeightAveraging callbacks have swapped the EMA weights in (their swap runs at the start of
+    the validation epoch, whatever the callback order). The samples are cut into blocks of
+    ``batch_size``; block b is drawn with seed (seed, b) on rank b mod world_size, so N samples
+    over any number of ranks are the same N samples. ``compute`` runs on every rank.
+
+    The extractor lives here, frozen, not in the LightningModule: it is in no checkpoint, no EMA
+    and no DDP gradient bucket.
+
+    Args:
+        num_samples: generated samples per FID (50k for the paper's numbers).
+        steps: sampling step counts, one FID each (logged as ``val/fid_{k}step``).
+        reference_split: "train" (the usual protocol) or "val".
+        feature_extractor: any frozen nn.Module, uint8 images -> features (docs/metrics.md);
+            None is InceptionV3 pool3, 2048-d, resized as torch-fidelity does.
+        feature_extractor_weights_path: the Inception weights file (else the torch hub cache).
+        batch_size: generation and feature batch size.
+        cache_dir: where reference statistics are kept, keyed by dataset, split, resolution
+            and extractor.
+        seed: the samples' seed.
+    """
+
+    def __init__(
+        self,
+        num_samples: int = 50_000,
+        steps: tuple[int, ...] = (1, 2),
+        reference_split: str = "train",
+        feature_extractor: nn.Module | None = None,
+        feature_extractor_weights_path: str | None = None,
+        batch_size: int = 250,
+        cache_dir: str = "~/.cache/mmf_lightning/fid",
+        seed: int = 0,
+    ):
+        if num_samples < 2 or batch_size < 1 or not steps or min(steps) < 1:
+            raise ValueError(
+                f"need num_samples >= 2, batch_size >= 1, steps >= 1, got {num_samples}, {batch_size}, {steps}"
+            )
+        if reference_split not in ("train", "val"):
+            raise ValueError(f"reference_split must be 'train' or 'val', got {reference_split!r}")
+        self.num_samples, self.steps, self.reference_split = num_samples, tuple(steps), reference_split
+        self.extractor = feature_extractor
+        self.weights_path, self.batch_size, self.cache_dir, self.seed = (
+            feature_extractor_weights_path,
+            batch_size,
+            cache_dir,
+            seed,
+        )
+        self.metrics: dict[int, nn.Module] = {}
+        self.last: dict[int, float] = {}
+
+    # -- before training: weights, extractor, reference statistics ---------------------------------
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage not in ("fit", "validate"):
+            return
+        dm = trainer.datamodule
+        if not hasattr(dm, "reference_set"):
+            raise ValueError(f"FID needs an image DataModule with reference_set(); {type(dm).__name__} has none")
+        if self.extractor is None:  # fails here, before the first training step, if the weights are missing
+            self.extractor = inception_v3(self.weights_path)
+        device = pl_module.device
+        self.extractor = freeze(self.extractor).to(device)
+        stats = self._reference_statistics(trainer, dm, device)
+        for k in self.steps:
+            fid = make_fid(self.extractor).to(device)
+            set_real_statistics(fid, stats, trainer.global_rank)
+            self.metrics[k] = fid
+
+    def _reference_statistics(self, trainer, dm, device) -> dict:
+        path = cache_path(self.cache_dir, dm.reference_key(self.reference_split), self.extractor)
+        if path.is_file():
+            return {k: v.to(device) for k, v in torch.load(path, map_location="cpu", weights_only=True).items()}
+        stats = feature_statistics(
+            self.extractor, dm.reference_set(self.reference_split), self.batch_size, device,
+            trainer.global_rank, trainer.world_size,
+        )  # fmt: skip
+        stats = {k: trainer.strategy.reduce(v, reduce_op="sum") for k, v in stats.items()}
+        if trainer.is_global_zero:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".partial")
+            torch.save({k: v.cpu() for k, v in stats.items()}, tmp)
+            tmp.replace(path)
+        trainer.strategy.barrier()
+        return stats
+
+    # -- validation: generate with the EMA weights, compute on every rank -------------------------------
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch_idx != 0 or dataloader_idx != 0 or trainer.sanity_checking or not self.metrics:
+            return
+        for k, fid in self.metrics.items():
+            for images in self.generate(pl_module, k, trainer.global_rank, trainer.world_size):
+                fid.update(to_uint8(images), real=False)
+
+    def generate(self, pl_module, steps: int, rank: int, world_size: int):
+        """This rank's blocks of samples: block b (of ``batch_size``) drawn with seed (seed, b)."""
+        blocks = range(0, self.num_samples, self.batch_size)
+        for b, start in enumerate(blocks):
+            if b % world_size != rank:
+                continue
+            n = min(self.batch_size, self.num_samples - start)
+            g = torch.Generator(device=pl_module.device).manual_seed(self.seed * 1_000_003 + b)
+            yield pl_module.sample(n, steps, generator=g)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or not self.metrics:
+            return
+        for k, fid in self.metrics.items():
+            value = fid.compute()  # all-reduces the feature sums: every rank gets the same value
+            fid.reset()  # fake features only: the real ones persist
+            self.last[k] = float(value)
+            pl_module.log(f"val/fid_{k}step", value.float(), sync_dist=False, rank_zero_only=False)
+
+    def state_dict(self) -> dict:
+        return {}  # the extractor and its statistics never go into checkpoints
