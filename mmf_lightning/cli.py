@@ -8,15 +8,16 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
-from mmf_lightning.callbacks import LambdaScheduler, SampleFigures
+from mmf_lightning.callbacks import FID, LambdaScheduler, SampleFigures
 from mmf_lightning.module import MeanFlowModule
 
 COMMANDS = ("fit", "validate", "test", "predict", "sample")
 
 
 class MMFLightningCLI(LightningCLI):
-    """LightningCLI with a top-level ``lambda_schedule`` group: the LambdaScheduler callback
-    that every run gets (default: the paper's curriculum, T_warmup = 100k)."""
+    """LightningCLI with two top-level groups: ``lambda_schedule``, the LambdaScheduler callback
+    that every run gets (default: the paper's curriculum, T_warmup = 100k), and ``fid``, the FID
+    callback, off unless configured."""
 
     def __init__(self, args=None, run: bool = True):
         super().__init__(
@@ -31,6 +32,14 @@ class MMFLightningCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(LambdaScheduler, "lambda_schedule")
+        parser.add_subclass_arguments(FID, "fid", required=False, help="FID in validation; off unless configured")
+
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        fid = self._get(self.config_init, "fid")
+        if fid is not None:
+            trainer.callbacks.append(fid)
+        return trainer
 
     def before_instantiate_classes(self) -> None:
         """Name the run after its config file (``configs/ode/lambda0.yaml`` -> ``ode/lambda0``)

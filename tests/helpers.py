@@ -5,6 +5,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 
@@ -53,8 +54,29 @@ class SmallImages(L.LightningDataModule):
     def train_dataloader(self):
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=True)
 
+    def reference_set(self, split="train"):
+        return _Images(64, self.data_shape, self.num_classes, 0) if split == "train" else self.val_set
+
+    def reference_key(self, split="train"):
+        return f"SmallImages(split={split}, size={'x'.join(map(str, self.data_shape))})"
+
     def val_dataloader(self):
         return DataLoader(self.val_set, batch_size=self.batch_size)
+
+
+class TinyExtractor(nn.Module):
+    """A fixed random projection of 4x4-pooled pixels: any size in, 16 features out."""
+
+    num_features = 16
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(3 * 16, 16)
+        torch.nn.init.normal_(self.proj.weight, generator=torch.Generator().manual_seed(0))
+
+    def forward(self, x):
+        x = x.float().expand(-1, 3, -1, -1) / 255
+        return torch.tanh(self.proj(nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)))
 
 
 class LambdaRecorder(L.Callback):

@@ -6,7 +6,7 @@ import torch
 from scipy import linalg
 from torch import nn
 
-from helpers import quiet_trainer
+from helpers import TinyExtractor, quiet_trainer
 from mmf_lightning import MeanFlowModule
 from mmf_lightning.callbacks import FID, LambdaScheduler
 from mmf_lightning.data import DigitsDataModule
@@ -16,21 +16,6 @@ from mmf_lightning.metrics.features import to_uint8
 from mmf_lightning.metrics.fid import make_fid
 from mmf_lightning.nets import UNet
 from mmf_lightning.objectives import ModularMeanFlow
-
-
-class TinyExtractor(nn.Module):
-    """A fixed random projection of 4x4-pooled pixels: any size in, 16 features out."""
-
-    num_features = 16
-
-    def __init__(self):
-        super().__init__()
-        self.proj = nn.Linear(3 * 16, 16)
-        torch.nn.init.normal_(self.proj.weight, generator=torch.Generator().manual_seed(0))
-
-    def forward(self, x):
-        x = x.float().expand(-1, 3, -1, -1) / 255
-        return torch.tanh(self.proj(nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)))
 
 
 def _scipy_fid(a: np.ndarray, b: np.ndarray) -> float:
