@@ -3,10 +3,9 @@
 import numpy as np
 import pytest
 import torch
-from scipy import linalg
-from torch import nn
-
 from helpers import TinyExtractor, quiet_trainer
+from scipy import linalg
+
 from mmf_lightning import MeanFlowModule
 from mmf_lightning.callbacks import FID, LambdaScheduler
 from mmf_lightning.data import DigitsDataModule
@@ -93,10 +92,13 @@ def test_missing_inception_weights_stop_before_training(tmp_path, monkeypatch):
     monkeypatch.setenv("MMF_LIGHTNING_OFFLINE", "1")
     module = _digits_module()
     trainer = quiet_trainer(tmp_path, max_steps=2, callbacks=[LambdaScheduler(), FID(num_samples=10)])
-    with pytest.raises(FileNotFoundError, match=r"weights-inception-2015-12-05-6726825d.pth are missing.*download-weights.*feature_extractor_weights_path"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"inception-2015-12-05-6726825d.pth are missing.*download-weights.*feature_extractor_weights_path",
+    ):
         trainer.fit(module, DigitsDataModule(batch_size=32))
     assert module.global_step == 0
     with pytest.raises(FileNotFoundError, match="at the configured path"):
-        quiet_trainer(tmp_path, callbacks=[LambdaScheduler(), FID(feature_extractor_weights_path=str(tmp_path / "x.pth"))]).fit(
-            _digits_module(), DigitsDataModule(batch_size=32)
-        )
+        quiet_trainer(
+            tmp_path, callbacks=[LambdaScheduler(), FID(feature_extractor_weights_path=str(tmp_path / "x.pth"))]
+        ).fit(_digits_module(), DigitsDataModule(batch_size=32))
