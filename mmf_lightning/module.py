@@ -245,7 +245,11 @@ class MeanFlowModule(L.LightningModule):
         self.objective.on_optimizer_step(self.net, self.global_step)
 
     def _eval_loss(self, batch, stage: str) -> torch.Tensor:
-        _, out = self._loss(batch)
+        # The JVP layers' custom rules save their inputs, which inference tensors cannot be
+        # (Lightning evaluates under inference_mode): evaluate on normal copies, without grad.
+        with torch.inference_mode(False), torch.no_grad():
+            batch = {k: v.clone() if torch.is_tensor(v) else v for k, v in batch.items()}
+            _, out = self._loss(batch)
         self.log(f"{stage}/loss", out.loss, sync_dist=True)
         return out.loss
 

@@ -126,3 +126,15 @@ class ShardRecorder(L.Callback):
             {"rows": torch.cat(self.rows), "draws": torch.stack(self.draws)},
             self.out_dir / f"rank{trainer.global_rank}.pt",
         )
+
+
+class MetricsRecorder(L.Callback):
+    """Writes the logged metrics, per rank, to ``{out_dir}/rank{r}.json`` after each validation."""
+
+    def __init__(self, out_dir: str):
+        self.out_dir = Path(out_dir)
+
+    def on_validation_end(self, trainer, pl_module):
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(metrics))

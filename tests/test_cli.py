@@ -1,5 +1,6 @@
 """The command line: every config in configs/ parses and trains a few steps; bad input is named."""
 
+import json
 import os
 import subprocess
 import sys
@@ -186,6 +187,37 @@ def test_ddp_two_ranks_lambda_one_gradients_agree(tmp_path):
     for name, g0 in ranks[0]["grads"].items():
         torch.testing.assert_close(ranks[1]["grads"][name], g0, msg=name)
     assert sum(g.norm() for g in ranks[0]["grads"].values()) > 0
+
+
+def test_ddp_fid_equals_single_process_fid(tmp_path):
+    """The same checkpoint validated on one process and on two DDP ranks gives the same FID:
+    samples are block-seeded and split across ranks, the reference statistics are summed
+    across ranks (each run computes its own: separate caches), and nothing hangs."""
+    config = ROOT / "configs/digits/lambda1.yaml"
+    small = [*SMALL_UNET, "--fid.init_args.num_samples=300", "--fid.init_args.batch_size=64"]
+    cli = _fit(config, tmp_path, *small, "--trainer.val_check_interval=2", steps=2)
+    ckpt = cli.trainer.checkpoint_callback.last_model_path
+    weights = f"--fid.init_args.feature_extractor.init_args.weights_path={tmp_path.parent / 'digits.pt'}"
+    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    values = {}
+    for devices in (1, 2):
+        out = tmp_path / f"devices{devices}"
+        cmd = [
+            sys.executable, "-m", "mmf_lightning", "validate", "--config", str(config), "--ckpt_path", ckpt,
+            *_quiet(out)[1:], *small, weights, f"--fid.init_args.cache_dir={out / 'fid'}",
+            "--trainer.accelerator=cpu", f"--trainer.devices={devices}",
+            *(["--trainer.strategy=ddp"] if devices > 1 else []),
+            "--trainer.callbacks+=helpers.MetricsRecorder", f"--trainer.callbacks.out_dir={out / 'metrics'}",
+        ]  # fmt: skip
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        ranks = [json.loads((out / "metrics" / f"rank{r}.json").read_text()) for r in range(devices)]
+        values[devices] = [{k: m[k] for k in ("val/fid_1step", "val/fid_2step")} for m in ranks]
+    one, (r0, r1) = values[1][0], values[2]
+    assert r0 == r1  # every rank computes the same value
+    for key in one:
+        assert one[key] > 0
+        assert r0[key] == pytest.approx(one[key], rel=1e-6), key
 
 
 @pytest.mark.parametrize("command", ["validate", "test", "predict"])
