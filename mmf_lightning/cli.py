@@ -1,5 +1,6 @@
-"""Command line: ``python -m mmf_lightning {fit,validate,test,predict} --config X.yaml`` (LightningCLI)
-and ``python -m mmf_lightning sample --ckpt_path CKPT ...``."""
+"""Command line: ``python -m mmf_lightning {fit,validate,test,predict} --config X.yaml`` (LightningCLI),
+``python -m mmf_lightning sample --ckpt_path CKPT ...``, ``python -m mmf_lightning evaluate CKPT ...``
+and ``python -m mmf_lightning download-weights``."""
 
 import argparse
 import sys
@@ -10,8 +11,6 @@ from lightning.pytorch.cli import LightningCLI
 
 from mmf_lightning.callbacks import FID, LambdaScheduler, SampleFigures
 from mmf_lightning.module import MeanFlowModule
-
-COMMANDS = ("fit", "validate", "test", "predict", "sample")
 
 
 class MMFLightningCLI(LightningCLI):
@@ -118,6 +117,16 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     if args and args[0] == "sample":
         sample_main(args[1:])
+        return
+    if args and args[0] == "download-weights":
+        from mmf_lightning.metrics.weights import download_weights_main
+
+        download_weights_main(args[1:])
+        return
+    if args and args[0] == "evaluate":
+        from mmf_lightning.evaluate import evaluate_main
+
+        evaluate_main(args[1:])
         return
     MMFLightningCLI(args=None if argv is None else args)
 

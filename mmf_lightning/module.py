@@ -5,6 +5,7 @@ import inspect
 import math
 from collections import deque
 from collections.abc import Sequence
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import lightning as L
@@ -114,10 +115,16 @@ class MeanFlowModule(L.LightningModule):
         Starts from e ~ ``source`` and applies the objective's jump (for MeanFlow objectives
         z_r = z_t - (t - r) u(z_t, r, t)); the last state is the sample.
         """
+        e, y = self.draw_starts(num_samples, y, generator)
+        return self.trajectory_from(e, steps, y)
+
+    def draw_starts(self, num_samples: int, y=None, generator=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Starts e ~ ``source`` (N, *data_shape) and, for a class-conditional net, labels (N,):
+        ``y`` expanded, or uniformly random classes drawn after e from the same generator."""
         if num_samples < 1:
             raise ValueError(f"need num_samples >= 1, got {num_samples}")
         e = self.source.sample(num_samples, self.data_shape, generator, self.device).to(self.device)
-        return self.trajectory_from(e, steps, self._sample_labels(num_samples, y, generator))
+        return e, self._sample_labels(num_samples, y, generator)
 
     @torch.no_grad()
     def trajectory_from(self, e: torch.Tensor, steps: int = 1, y=None) -> torch.Tensor:
@@ -125,17 +132,37 @@ class MeanFlowModule(L.LightningModule):
         ``y``: labels for a class-conditional net (None draws none: pass them explicitly)."""
         if steps < 1:
             raise ValueError(f"need steps >= 1, got {steps}")
-        was_training = self.net.training
-        self.net.eval()
-        try:
-            z, n = e.to(self.device), e.shape[0]
-            grid = torch.linspace(1.0, 0.0, steps + 1, device=self.device)
-            states = [z]
+        z, n = e.to(self.device), e.shape[0]
+        grid = torch.linspace(1.0, 0.0, steps + 1, device=self.device)
+        states = [z]
+        with self._net_in_eval_mode():
             for k in range(steps):
                 t, r = (torch.full((n,), float(s), device=self.device) for s in grid[k : k + 2])
                 z = self.objective.jump(self.net, z, r, t, y)
                 states.append(z)
-            return torch.stack(states)
+        return torch.stack(states)
+
+    @torch.no_grad()
+    def data_predictions(self, trajectory: torch.Tensor, y=None) -> torch.Tensor:
+        """One jump from each state of a K-step trajectory (K + 1, N, *data_shape) straight to
+        t = 0: x_hat_k = jump(z_{t_k}, t_k -> 0) for k < K, and x_hat_K = z_K. Same shape.
+        For an exact flow map every x_hat_k is the same point (docs/metrics.md, D_path)."""
+        steps, n = trajectory.shape[0] - 1, trajectory.shape[1]
+        grid = torch.linspace(1.0, 0.0, steps + 1, device=self.device)
+        zero = torch.zeros(n, device=self.device)
+        with self._net_in_eval_mode():
+            jumps = [
+                self.objective.jump(self.net, trajectory[k].to(self.device), zero, torch.full_like(zero, grid[k]), y)
+                for k in range(steps)
+            ]
+        return torch.stack([*jumps, trajectory[-1].to(self.device)])
+
+    @contextmanager
+    def _net_in_eval_mode(self):
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            yield
         finally:
             self.net.train(was_training)
 
@@ -233,7 +260,8 @@ class MeanFlowModule(L.LightningModule):
         mean_loss = self.trainer.strategy.reduce(loss, reduce_op="mean") if self._trainer else loss
         self._loss_window.append(mean_loss.double())  # stays on the device: no sync per step
         if len(self._loss_window) >= 2:
-            self.log("train/loss_var", torch.stack(list(self._loss_window)).var())
+            window = torch.stack([v.to(mean_loss.device) for v in self._loss_window])  # restored ones are on the CPU
+            self.log("train/loss_var", window.var())
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """The total gradient 2-norm, before any clipping."""
@@ -284,9 +312,15 @@ class MeanFlowModule(L.LightningModule):
 
     # -- checkpoints -------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["mmf_lightning"] = {"lambda": self.lam, "objective": self.objective.state_dict()}
+        checkpoint["mmf_lightning"] = {
+            "lambda": self.lam,
+            "objective": self.objective.state_dict(),
+            "loss_window": [float(v) for v in self._loss_window],  # `evaluate` reports its variance
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("mmf_lightning", {})
         self.lam = float(state.get("lambda", 0.0))
         self.objective.load_state_dict(state.get("objective", {}))
+        self._loss_window.clear()  # a resumed run continues its window
+        self._loss_window.extend(torch.tensor(v, dtype=torch.float64) for v in state.get("loss_window", []))

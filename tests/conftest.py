@@ -11,3 +11,22 @@ os.environ.setdefault("WANDB_SILENT", "true")
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+os.environ["MMF_LIGHTNING_OFFLINE"] = "1"  # nothing downloads in the suite: missing weights are an error
+
+
+@pytest.fixture(scope="session")
+def torch_home_with_alexnet(tmp_path_factory):
+    """A $TORCH_HOME whose hub cache holds an AlexNet weights file under torchvision's name,
+    untrained (the real file cannot be downloaded here): LPIPS loads it through its real path."""
+    import torchvision
+
+    from mmf_lightning.metrics.weights import WEIGHTS
+
+    home = tmp_path_factory.mktemp("torch_home")
+    target = home / "hub" / "checkpoints" / WEIGHTS["alexnet"][0].rsplit("/", 1)[-1]
+    target.parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(torchvision.models.alexnet().state_dict(), target)
+    return home

@@ -75,7 +75,8 @@ STAND_INS = {
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
-def test_every_config_trains_a_few_steps(config, tmp_path):
+def test_every_config_trains_a_few_steps(config, tmp_path, monkeypatch, torch_home_with_alexnet):
+    monkeypatch.setenv("TORCH_HOME", str(torch_home_with_alexnet))  # LPIPS' backbone, untrained
     extra = list(STAND_INS.get(config.parent.name, []))
     if "unet_" in config.read_text():
         extra += SMALL_UNET

@@ -3,9 +3,11 @@
 import lightning as L
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from mmf_lightning.metrics.features import freeze, inception_v3, to_uint8
 from mmf_lightning.metrics.fid import cache_path, feature_statistics, make_fid, set_real_statistics
+from mmf_lightning.metrics.ranks import SINGLE, Ranks, block_generator
 
 
 class FID(L.Callback):
@@ -63,64 +65,85 @@ class FID(L.Callback):
 
     # -- before training: weights, extractor, reference statistics ---------------------------------
     def setup(self, trainer, pl_module, stage: str) -> None:
-        if stage not in ("fit", "validate"):
-            return
-        dm = trainer.datamodule
-        if not hasattr(dm, "reference_set"):
-            raise ValueError(f"FID needs an image DataModule with reference_set(); {type(dm).__name__} has none")
-        if self.extractor is None:  # fails here, before the first training step, if the weights are missing
+        """Fails now, before the first training step, on non-image data or missing weights. The
+        reference statistics wait for the first validation, when the model is on its device."""
+        if stage in ("fit", "validate"):
+            self.load_extractor(trainer.datamodule)
+
+    def load_extractor(self, datamodule) -> None:
+        if not hasattr(datamodule, "reference_set"):
+            raise ValueError(
+                f"FID needs an image DataModule with reference_set(); {type(datamodule).__name__} has none"
+            )
+        if self.extractor is None:
             self.extractor = inception_v3(self.weights_path)
-        device = pl_module.device
-        self.extractor = freeze(self.extractor).to(device)
-        stats = self._reference_statistics(trainer, dm, device)
+        self.extractor = freeze(self.extractor)
+
+    def prepare(self, datamodule, device, ranks: Ranks = SINGLE) -> None:
+        """Loads the extractor and the reference statistics (from the cache, or computed over ranks)."""
+        self.load_extractor(datamodule)
+        self.extractor = self.extractor.to(device)
+        stats = self._reference_statistics(datamodule, device, ranks)
         for k in self.steps:
             fid = make_fid(self.extractor).to(device)
-            set_real_statistics(fid, stats, trainer.global_rank)
+            set_real_statistics(fid, stats, ranks.rank)
             self.metrics[k] = fid
 
-    def _reference_statistics(self, trainer, dm, device) -> dict:
+    def _reference_statistics(self, dm, device, ranks: Ranks) -> dict:
         path = cache_path(self.cache_dir, dm.reference_key(self.reference_split), self.extractor)
         if path.is_file():
             return {k: v.to(device) for k, v in torch.load(path, map_location="cpu", weights_only=True).items()}
         stats = feature_statistics(
-            self.extractor, dm.reference_set(self.reference_split), self.batch_size, device,
-            trainer.global_rank, trainer.world_size,
-        )  # fmt: skip
-        stats = {k: trainer.strategy.reduce(v, reduce_op="sum") for k, v in stats.items()}
-        if trainer.is_global_zero:
+            self.extractor,
+            dm.reference_set(self.reference_split),
+            self.batch_size,
+            device,
+            ranks.rank,
+            ranks.world_size,
+        )
+        stats = {k: ranks.all_sum(v) for k, v in stats.items()}
+        if ranks.is_zero:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".partial")
             torch.save({k: v.cpu() for k, v in stats.items()}, tmp)
             tmp.replace(path)
-        trainer.strategy.barrier()
+        ranks.barrier()
         return stats
 
     # -- validation: generate with the EMA weights, compute on every rank -------------------------------
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if batch_idx != 0 or dataloader_idx != 0 or trainer.sanity_checking or not self.metrics:
+        if batch_idx != 0 or dataloader_idx != 0 or trainer.sanity_checking:
             return
-        for k, fid in self.metrics.items():
-            for images in self.generate(pl_module, k, trainer.global_rank, trainer.world_size):
-                fid.update(to_uint8(images), real=False)
+        ranks = lightning_ranks(trainer)
+        if not self.metrics:
+            self.prepare(trainer.datamodule, pl_module.device, ranks)
+        self.last = self.measure(pl_module, ranks)  # logged at the epoch's end
 
-    def generate(self, pl_module, steps: int, rank: int, world_size: int):
-        """This rank's blocks of samples: block b (of ``batch_size``) drawn with seed (seed, b)."""
-        blocks = range(0, self.num_samples, self.batch_size)
-        for b, start in enumerate(blocks):
-            if b % world_size != rank:
-                continue
-            n = min(self.batch_size, self.num_samples - start)
-            g = torch.Generator(device=pl_module.device).manual_seed(self.seed * 1_000_003 + b)
-            yield pl_module.sample(n, steps, generator=g)
+    def measure(self, module, ranks: Ranks = SINGLE, progress: bool = False) -> dict[int, float]:
+        """FID of ``module``'s samples for each number of steps: {steps: value}, equal on every rank."""
+        out = {}
+        for k, fid in self.metrics.items():
+            blocks = ranks.blocks(self.num_samples, self.batch_size)
+            for b, n in tqdm(blocks, desc=f"FID ({k} step)", disable=not (progress and ranks.is_zero), leave=False):
+                g = block_generator(self.seed, b, module.device)
+                fid.update(to_uint8(module.sample(n, k, generator=g)), real=False)
+            out[k] = float(fid.compute())  # all-reduces the feature sums: every rank gets the same value
+            fid.reset()  # fake features only: the real ones persist
+        return out
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or not self.metrics:
+        if trainer.sanity_checking:
             return
-        for k, fid in self.metrics.items():
-            value = fid.compute()  # all-reduces the feature sums: every rank gets the same value
-            fid.reset()  # fake features only: the real ones persist
-            self.last[k] = float(value)
-            pl_module.log(f"val/fid_{k}step", value.float(), sync_dist=False, rank_zero_only=False)
+        for k, value in self.last.items():
+            pl_module.log(f"val/fid_{k}step", value, sync_dist=False, rank_zero_only=False)
 
     def state_dict(self) -> dict:
         return {}  # the extractor and its statistics never go into checkpoints
+
+
+def lightning_ranks(trainer) -> Ranks:
+    """The Trainer's ranks: sums through its strategy."""
+    strategy = trainer.strategy
+    return Ranks(
+        trainer.global_rank, trainer.world_size, lambda t: strategy.reduce(t, reduce_op="sum"), strategy.barrier
+    )
