@@ -99,9 +99,15 @@ def instantiate_run(config: dict, with_fid: bool, fid_num_samples: int | None):
     return objects.data, objects.fid
 
 
-def row_name(ckpt: Path) -> str:
-    run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-    return f"{run.parent.name}/{run.name}" if run.name.startswith("version_") else str(run / ckpt.stem)
+def row_name(ckpt: Path, config: dict) -> str:
+    """``<run name>/version_<n>`` (the logger's name, e.g. ``digits/lambda1``) for a run's
+    last.ckpt, with ``@<checkpoint>`` for its other checkpoints."""
+    if ckpt.parent.name != "checkpoints":
+        return str(ckpt.with_suffix(""))
+    run = ckpt.parent.parent
+    logger = (config.get("trainer") or {}).get("logger") or {}
+    name = (logger.get("init_args") or {}).get("name") if isinstance(logger, dict) else None
+    return f"{name or run.parent.name}/{run.name}" + ("" if ckpt.stem == "last" else f"@{ckpt.stem}")
 
 
 def loss_variance(ckpt: Path) -> float | None:
@@ -138,11 +144,6 @@ def evaluate_main(argv: list[str]) -> dict:
     for ckpt in ckpts:
         if not ckpt.is_file():
             parser.error(f"checkpoint {ckpt} does not exist")
-    names = args.names or [row_name(c) for c in ckpts]
-    if len(names) != len(ckpts):
-        parser.error(f"--names gives {len(names)} names for {len(ckpts)} checkpoints")
-    if len(set(names)) != len(names):
-        parser.error(f"row names must differ, got {names}; pass --names")
     try:
         settings = EvaluationSettings(
             args.num_samples, args.steps, args.batch_size, args.seed, args.distance_samples, args.timing_repeats
@@ -165,11 +166,17 @@ def evaluate_main(argv: list[str]) -> dict:
     )
 
     # everything that can fail (configs, data, weights) fails here, before any checkpoint is evaluated
-    runs = []
+    runs, default_names = [], []
     for ckpt in ckpts:
         config, config_path = run_config(ckpt, args.config)
         datamodule, fid = instantiate_run(config, args.fid == "run", args.fid_num_samples)
         runs.append((ckpt, config_path, datamodule, fid))
+        default_names.append(row_name(ckpt, config))
+    names = args.names or default_names
+    if len(names) != len(ckpts):
+        parser.error(f"--names gives {len(names)} names for {len(ckpts)} checkpoints")
+    if len(set(names)) != len(names):
+        parser.error(f"row names must differ, got {names}; pass --names")
     images = any(hasattr(dm, "reference_set") for _, _, dm, _ in runs)
     lpips = LPIPS(args.lpips_weights_path).to(fabric.device) if images and args.lpips else None
     for _, _, datamodule, fid in runs:

@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -190,35 +192,78 @@ def test_ddp_two_ranks_lambda_one_gradients_agree(tmp_path):
     assert sum(g.norm() for g in ranks[0]["grads"].values()) > 0
 
 
-def test_ddp_fid_equals_single_process_fid(tmp_path):
-    """The same checkpoint validated on one process and on two DDP ranks gives the same FID:
-    samples are block-seeded and split across ranks, the reference statistics are summed
-    across ranks (each run computes its own: separate caches), and nothing hangs."""
-    config = ROOT / "configs/digits/lambda1.yaml"
-    small = [*SMALL_UNET, "--fid.init_args.num_samples=300", "--fid.init_args.batch_size=64"]
-    cli = _fit(config, tmp_path, *small, "--trainer.val_check_interval=2", steps=2)
-    ckpt = cli.trainer.checkpoint_callback.last_model_path
+DIGITS = ROOT / "configs/digits/lambda1.yaml"
+DIGITS_SMALL = [*SMALL_UNET, "--fid.init_args.num_samples=300", "--fid.init_args.batch_size=64"]
+TESTS_ON_PATH = {"PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
+@pytest.fixture(scope="module")
+def digits_checkpoint(tmp_path_factory):
+    """A digits run (lambda = 1, small UNet) two steps in: its last.ckpt, beside its config.yaml."""
+    cli = _fit(DIGITS, tmp_path_factory.mktemp("digits_run"), *DIGITS_SMALL, "--trainer.val_check_interval=2")
+    return Path(cli.trainer.checkpoint_callback.last_model_path)
+
+
+def _run(args, cwd, timeout=300):
+    proc = subprocess.run(
+        [sys.executable, "-m", "mmf_lightning", *args],
+        env=dict(os.environ, **TESTS_ON_PATH), capture_output=True, text=True, timeout=timeout, cwd=cwd,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_ddp_validation_metrics_equal_single_process(digits_checkpoint, tmp_path):
+    """The same checkpoint validated on one process and on two DDP ranks gives the same FID and
+    path metrics: samples are block-seeded and split across ranks, the reference statistics are
+    summed across ranks (each run computes its own: separate caches), and nothing hangs."""
     weights = f"--fid.init_args.feature_extractor.init_args.weights_path={tmp_path.parent / 'digits.pt'}"
-    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     values = {}
     for devices in (1, 2):
         out = tmp_path / f"devices{devices}"
-        cmd = [
-            sys.executable, "-m", "mmf_lightning", "validate", "--config", str(config), "--ckpt_path", ckpt,
-            *_quiet(out)[1:], *small, weights, f"--fid.init_args.cache_dir={out / 'fid'}",
+        _run([
+            "validate", "--config", str(DIGITS), "--ckpt_path", str(digits_checkpoint), *_quiet(out)[1:],
+            *DIGITS_SMALL, weights, f"--fid.init_args.cache_dir={out / 'fid'}",
             "--trainer.accelerator=cpu", f"--trainer.devices={devices}",
             *(["--trainer.strategy=ddp"] if devices > 1 else []),
             "--trainer.callbacks+=helpers.MetricsRecorder", f"--trainer.callbacks.out_dir={out / 'metrics'}",
-        ]  # fmt: skip
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        ], cwd=tmp_path)  # fmt: skip
         ranks = [json.loads((out / "metrics" / f"rank{r}.json").read_text()) for r in range(devices)]
-        values[devices] = [{k: m[k] for k in ("val/fid_1step", "val/fid_2step")} for m in ranks]
+        # val/loss is a mean over each rank's shard of the validation set, padded by the sampler
+        values[devices] = [{k: v for k, v in m.items() if k.startswith("val/") and k != "val/loss"} for m in ranks]
     one, (r0, r1) = values[1][0], values[2]
+    assert {"val/fid_1step", "val/fid_2step", "val/one_step_error", "val/d_path", "val/smoothness"} <= set(one)
     assert r0 == r1  # every rank computes the same value
+    assert r0.keys() == one.keys()
     for key in one:
-        assert one[key] > 0
+        assert one[key] > 0, key
         assert r0[key] == pytest.approx(one[key], rel=1e-6), key
+
+
+def test_evaluate_on_two_processes_equals_one(digits_checkpoint, tmp_path, monkeypatch, torch_home_with_alexnet):
+    """`evaluate --devices 2` (Fabric, DDP over gloo) writes the numbers of `--devices 1`: FID in
+    the digits classifier's features, LPIPS along the path and across seeds, the path metrics."""
+    monkeypatch.setenv("TORCH_HOME", str(torch_home_with_alexnet))
+    reports = {}
+    for devices in (1, 2):
+        out = tmp_path / f"devices{devices}"
+        _run([
+            "evaluate", str(digits_checkpoint), "--output", str(out), "--num_samples", "120", "--steps", "4",
+            "--batch_size", "32", "--fid_num_samples", "200", "--timing_repeats", "3",
+            "--accelerator", "cpu", "--devices", str(devices),
+        ], cwd=tmp_path)  # fmt: skip
+        (run,) = json.loads((out / "evaluation.json").read_text())["runs"].values()
+        reports[devices] = run["metrics"]
+    one, two = reports[1], reports[2]
+    expected = {"fid_1step", "fid_2step", "one_step_error", "d_path", "smoothness", "lpips_path", "lpips_diversity"}
+    assert expected <= set(one) and one.keys() == two.keys()
+    for key in expected | {"lpips_diversity_std", "loss_variance"}:
+        assert one[key] > 0, key
+        assert two[key] == pytest.approx(one[key], rel=1e-5), key
+    assert one["inference_time"] > 0
+    table = (tmp_path / "devices2" / "evaluation.md").read_text()
+    assert "| Model | FID ↓ | 1-Step Error ↓ | Inference Time (s) ↓ | LPIPS ↓ |" in table
+    assert "| digits/lambda1/version_0 |" in table  # rows are named after their run
 
 
 @pytest.mark.parametrize("command", ["validate", "test", "predict"])
@@ -241,3 +286,61 @@ def test_validate_test_predict_from_a_checkpoint(command, tmp_path):
         assert len(preds) == 2 and preds[0].shape == (256, 2)
     else:
         assert f"{'val' if command == 'validate' else 'test'}/loss" in run.trainer.callback_metrics
+
+
+def test_evaluate_writes_tables_for_several_checkpoints(tmp_path, capsys):
+    """Low-dimensional runs: distances to fresh true samples and the loss variance the
+    checkpoint kept; one row per checkpoint, named after the run and the checkpoint."""
+    early = _fit(ROOT / "configs/quickstart.yaml", tmp_path / "early", steps=4).trainer.checkpoint_callback
+    cli = _fit(ROOT / "configs/quickstart.yaml", tmp_path, "--trainer.val_check_interval=4", steps=8)
+    ckpt_dir = Path(cli.trainer.checkpoint_callback.last_model_path).parent
+    shutil.copy(early.last_model_path, ckpt_dir / "epoch=0-step=4.ckpt")  # an earlier checkpoint of the run
+    ckpts = [str(ckpt_dir / "last.ckpt"), str(ckpt_dir / "epoch=0-step=4.ckpt")]
+    out = tmp_path / "eval"
+    main(["evaluate", *ckpts, "--output", str(out), "--num_samples", "200", "--steps", "4",
+          "--distance_samples", "500", "--timing_repeats", "2"])  # fmt: skip
+    runs = json.loads((out / "evaluation.json").read_text())["runs"]
+    assert list(runs) == [
+        "mmf_curriculum_instantaneous/version_0",
+        "mmf_curriculum_instantaneous/version_0@epoch=0-step=4",
+    ]
+    last = runs["mmf_curriculum_instantaneous/version_0"]["metrics"]
+    assert {"sw_1step", "sw_2step", "energy_1step", "loss_variance", "d_path"} <= set(last)
+    assert "fid_1step" not in last and "lpips_path" not in last  # no images
+    assert last["loss_variance"] > 0 and last["sw_1step"] > 0
+    assert runs["mmf_curriculum_instantaneous/version_0@epoch=0-step=4"]["metrics"]["sw_1step"] != last["sw_1step"]
+    md = (out / "evaluation.md").read_text()
+    assert "### Table 3: path and generation quality" in md and "SW, 1 step" in md
+    assert "| Model |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["missing.ckpt"], "checkpoint missing.ckpt does not exist"),
+        (["{ckpt}", "--names", "a", "b"], "--names gives 2 names for 1 checkpoints"),
+        (["{ckpt}", "--steps", "1"], r"steps >= 2.*got 1000, 250, 1"),
+        (["{loose}"], r"no run config for .*loose.ckpt.*pass --config"),
+    ],
+)
+def test_evaluate_names_bad_input(args, match, tmp_path, capsys):
+    cli = _fit(ROOT / "configs/quickstart.yaml", tmp_path, steps=1)
+    ckpt = cli.trainer.checkpoint_callback.last_model_path
+    loose = tmp_path / "loose.ckpt"
+    loose.write_bytes(Path(ckpt).read_bytes())
+    args = [a.format(ckpt=ckpt, loose=loose) for a in args]
+    with pytest.raises((SystemExit, FileNotFoundError)) as info:
+        main(["evaluate", *args, "--output", str(tmp_path / "e")])
+    assert re.search(match, str(info.value) + capsys.readouterr().err)
+
+
+def test_download_weights_keeps_what_is_there_and_names_what_is_missing(tmp_path, capsys):
+    from mmf_lightning.metrics.weights import WEIGHTS
+
+    files = {name: tmp_path / url.rsplit("/", 1)[-1] for name, (url, _) in WEIGHTS.items()}
+    files["alexnet"].write_bytes(b"staged")
+    with pytest.raises(SystemExit, match=r"inception-2015-12-05-6726825d.pth.*downloads are off"):
+        main(["download-weights", "--dir", str(tmp_path)])  # MMF_LIGHTNING_OFFLINE=1 in the suite
+    main(["download-weights", "--dir", str(tmp_path), "--only", "alexnet"])
+    assert f"present, {files['alexnet']}" in capsys.readouterr().out
+    assert files["alexnet"].read_bytes() == b"staged"

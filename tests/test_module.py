@@ -40,6 +40,23 @@ def test_training_logs_the_stability_measures(tmp_path):
     assert module.lam == 1.0
 
 
+def test_loss_window_survives_a_checkpoint_and_resume(tmp_path):
+    """The window behind train/loss_var (and `evaluate`'s loss variance) is saved and restored:
+    a resumed run continues it."""
+    module = _module(loss_var_window=5)
+    trainer = quiet_trainer(tmp_path, callbacks=[LambdaScheduler(LinearWarmup(4))], enable_checkpointing=False)
+    trainer.fit(module, _data())
+    trainer.save_checkpoint(tmp_path / "a.ckpt")
+    saved = torch.load(tmp_path / "a.ckpt", weights_only=False)["mmf_lightning"]["loss_window"]
+    assert saved == [float(v) for v in module._loss_window] and len(saved) == 5
+    resumed = _module(loss_var_window=5)
+    trainer = quiet_trainer(
+        tmp_path, max_steps=7, callbacks=[LambdaScheduler(LinearWarmup(4))], enable_checkpointing=False
+    )
+    trainer.fit(resumed, _data(), ckpt_path=tmp_path / "a.ckpt")
+    assert [float(v) for v in resumed._loss_window][:4] == saved[1:]  # one new step pushed the oldest out
+
+
 def test_checkpoint_reloads_in_a_fresh_process_with_ema_weights(tmp_path):
     module = _module()
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
