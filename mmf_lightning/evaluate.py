@@ -1,5 +1,5 @@
 """``python -m mmf_lightning evaluate CKPT [CKPT ...]``: the paper's metrics for each checkpoint,
-written as JSON and as markdown in the layout of the paper's Tables 2 and 3.
+written as JSON, as markdown in the layout of the paper's Tables 2 and 3, and as bar charts.
 
 Each checkpoint is evaluated with the data and FID protocol of its run (the ``config.yaml`` that
 ``fit`` saved beside its ``checkpoints/`` folder, or ``--config``). ``--devices N`` runs N
@@ -16,6 +16,7 @@ import yaml
 
 from mmf_lightning.metrics.evaluation import EvaluationSettings, evaluate_model
 from mmf_lightning.metrics.ranks import Ranks
+from mmf_lightning.plots import save_metrics_figure
 
 TABLE_2 = [
     ("FID ↓", "fid_1step"),
@@ -212,6 +213,7 @@ def evaluate_main(argv: list[str]) -> dict:
             f"# Evaluation\n\n{len(results)} checkpoint(s); definitions in docs/metrics.md; settings: "
             f"{json.dumps(vars(settings))}\n\n{table}"
         )
+        save_metrics_figure(results, TABLE_2 + TABLE_3[:1] + TABLE_3[2:4] + OTHER, out / "evaluation.png")
         print(table)
-        print(f"wrote {out / 'evaluation.json'} and {out / 'evaluation.md'}")
+        print(f"wrote {out / 'evaluation.json'}, {out / 'evaluation.md'} and {out / 'evaluation.png'}")
     return results

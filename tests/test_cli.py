@@ -309,6 +309,7 @@ def test_evaluate_writes_tables_for_several_checkpoints(tmp_path, capsys):
     assert "fid_1step" not in last and "lpips_path" not in last  # no images
     assert last["loss_variance"] > 0 and last["sw_1step"] > 0
     assert runs["mmf_curriculum_instantaneous/version_0@epoch=0-step=4"]["metrics"]["sw_1step"] != last["sw_1step"]
+    assert (out / "evaluation.png").stat().st_size > 10_000
     md = (out / "evaluation.md").read_text()
     assert "### Table 3: path and generation quality" in md and "SW, 1 step" in md
     assert "| Model |" in capsys.readouterr().out

@@ -5,6 +5,8 @@ download; here the backbone is built untrained (``pnet_rand``) and loaded from
 ``resolve_weights("alexnet")``: the torch hub cache or an explicit file, never a silent download.
 """
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,7 +28,9 @@ class LPIPS(nn.Module):
         import lpips
 
         backbone = torch.load(resolve_weights("alexnet", weights_path, allow_download), map_location="cpu")
-        self.net = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False)
+        with warnings.catch_warnings():  # lpips calls torchvision's deprecated `pretrained=False`
+            warnings.simplefilter("ignore", UserWarning)
+            self.net = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False)
         state = {}
         for name in self.net.net.state_dict():  # "slice2.3.weight" is torchvision's "features.3.weight"
             state[name] = backbone["features." + name.split(".", 1)[1]]
