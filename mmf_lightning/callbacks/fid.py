@@ -1,21 +1,20 @@
 """FID during validation, with the EMA weights, split across ranks, exact under DDP."""
 
-import lightning as L
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from mmf_lightning.callbacks.validation_metric import ValidationMetric
 from mmf_lightning.metrics.features import freeze, inception_v3, to_uint8
 from mmf_lightning.metrics.fid import cache_path, feature_statistics, make_fid, set_real_statistics
 from mmf_lightning.metrics.ranks import SINGLE, Ranks, block_generator
 
 
-class FID(L.Callback):
+class FID(ValidationMetric):
     """Computes FID of the model's samples against a reference split at every validation.
 
-    Samples are drawn in the hook after the first validation batch, when Lightning's
-    WeightAveraging callbacks have swapped the EMA weights in (their swap runs at the start of
-    the validation epoch, whatever the callback order). The samples are cut into blocks of
+    Samples are drawn after the first validation batch, with the EMA weights (ValidationMetric),
+    and logged as ``val/fid_{k}step``. The samples are cut into blocks of
     ``batch_size``; block b is drawn with seed (seed, b) on rank b mod world_size, so N samples
     over any number of ranks are the same N samples. ``compute`` runs on every rank.
 
@@ -60,8 +59,8 @@ class FID(L.Callback):
             cache_dir,
             seed,
         )
+        super().__init__()
         self.metrics: dict[int, nn.Module] = {}
-        self.last: dict[int, float] = {}
 
     # -- before training: weights, extractor, reference statistics ---------------------------------
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -111,13 +110,10 @@ class FID(L.Callback):
         return stats
 
     # -- validation: generate with the EMA weights, compute on every rank -------------------------------
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if batch_idx != 0 or dataloader_idx != 0 or trainer.sanity_checking:
-            return
-        ranks = lightning_ranks(trainer)
+    def measure_validation(self, trainer, pl_module, ranks: Ranks) -> dict[str, float]:
         if not self.metrics:
             self.prepare(trainer.datamodule, pl_module.device, ranks)
-        self.last = self.measure(pl_module, ranks)  # logged at the epoch's end
+        return {f"fid_{k}step": value for k, value in self.measure(pl_module, ranks).items()}
 
     def measure(self, module, ranks: Ranks = SINGLE, progress: bool = False) -> dict[int, float]:
         """FID of ``module``'s samples for each number of steps: {steps: value}, equal on every rank."""
@@ -130,20 +126,3 @@ class FID(L.Callback):
             out[k] = float(fid.compute())  # all-reduces the feature sums: every rank gets the same value
             fid.reset()  # fake features only: the real ones persist
         return out
-
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking:
-            return
-        for k, value in self.last.items():
-            pl_module.log(f"val/fid_{k}step", value, sync_dist=False, rank_zero_only=False)
-
-    def state_dict(self) -> dict:
-        return {}  # the extractor and its statistics never go into checkpoints
-
-
-def lightning_ranks(trainer) -> Ranks:
-    """The Trainer's ranks: sums through its strategy."""
-    strategy = trainer.strategy
-    return Ranks(
-        trainer.global_rank, trainer.world_size, lambda t: strategy.reduce(t, reduce_op="sum"), strategy.barrier
-    )

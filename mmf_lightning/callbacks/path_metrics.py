@@ -1,17 +1,16 @@
 """The paper's path metrics during validation, with the EMA weights, split across ranks."""
 
-import lightning as L
-
-from mmf_lightning.callbacks.fid import lightning_ranks
+from mmf_lightning.callbacks.validation_metric import ValidationMetric
 from mmf_lightning.metrics.evaluation import EvaluationSettings, evaluate_model
+from mmf_lightning.metrics.ranks import Ranks
 
 
-class PathMetrics(L.Callback):
+class PathMetrics(ValidationMetric):
     """Logs ``val/{one_step_error, d_path, smoothness}`` at every validation, and by data kind
     ``val/{lpips_path, lpips_diversity}`` (images), ``val/{sw,energy}_{1,2}step`` (low-dimensional
     data), ``val/{path_error, end_error, one_step_error_truth}`` (trajectory tasks). Definitions:
-    docs/metrics.md. Computed like FID: in the hook after the first validation batch (EMA
-    weights in), samples in seeded blocks split across ranks, equal on every rank.
+    docs/metrics.md. Computed like FID: after the first validation batch, with the EMA weights
+    (ValidationMetric), samples in seeded blocks split across ranks, equal on every rank.
 
     Args:
         num_samples, steps, batch_size, seed, distance_samples: as in ``EvaluationSettings``.
@@ -29,10 +28,10 @@ class PathMetrics(L.Callback):
         lpips: bool = True,
         lpips_weights_path: str | None = None,
     ):
+        super().__init__()
         self.settings = EvaluationSettings(num_samples, steps, batch_size, seed, distance_samples, timing_repeats=0)
         self.use_lpips, self.lpips_weights_path = lpips, lpips_weights_path
         self.lpips = None
-        self.last: dict[str, float] = {}
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage in ("fit", "validate") and self.use_lpips and hasattr(trainer.datamodule, "reference_set"):
@@ -40,17 +39,6 @@ class PathMetrics(L.Callback):
 
             self.lpips = LPIPS(self.lpips_weights_path)  # fails now if the weights are missing
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if batch_idx != 0 or dataloader_idx != 0 or trainer.sanity_checking:
-            return
+    def measure_validation(self, trainer, pl_module, ranks: Ranks) -> dict[str, float]:
         lpips = self.lpips.to(pl_module.device) if self.lpips is not None else None
-        self.last = evaluate_model(pl_module, trainer.datamodule, self.settings, lightning_ranks(trainer), lpips)
-
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking:
-            return
-        for name, value in self.last.items():
-            pl_module.log(f"val/{name}", value, sync_dist=False, rank_zero_only=False)
-
-    def state_dict(self) -> dict:
-        return {}
+        return evaluate_model(pl_module, trainer.datamodule, self.settings, ranks, lpips)
