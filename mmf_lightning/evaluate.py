@@ -11,7 +11,6 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
 import yaml
 
 from mmf_lightning.metrics.evaluation import EvaluationSettings, evaluate_model
@@ -111,13 +110,6 @@ def row_name(ckpt: Path, config: dict) -> str:
     return f"{name or run.parent.name}/{run.name}" + ("" if ckpt.stem == "last" else f"@{ckpt.stem}")
 
 
-def loss_variance(ckpt: Path) -> float | None:
-    """Variance of the last training losses the run kept (``loss_var_window`` steps)."""
-    state = torch.load(ckpt, map_location="cpu", weights_only=False).get("mmf_lightning", {})
-    window = state.get("loss_window", [])
-    return float(torch.tensor(window, dtype=torch.float64).var()) if len(window) >= 2 else None
-
-
 def markdown(results: dict[str, dict[str, float]]) -> str:
     def table(title: str, columns: list[tuple[str, str]]) -> str:
         columns = [(head, key) for head, key in columns if any(key in m for m in results.values())]
@@ -193,7 +185,8 @@ def evaluate_main(argv: list[str]) -> dict:
         metrics = evaluate_model(
             module, datamodule, settings, ranks, lpips=lpips if is_image else None, fid=fid, progress=True
         )
-        metrics["loss_variance"] = loss_variance(ckpt)
+        variance = module.loss_variance()
+        metrics["loss_variance"] = float(variance) if variance is not None else None
         results[name] = metrics
         records[name] = {"checkpoint": str(ckpt), "config": str(config_path), "metrics": metrics}
         if fid is not None:

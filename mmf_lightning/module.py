@@ -259,9 +259,17 @@ class MeanFlowModule(L.LightningModule):
         paper's training-stability measure."""
         mean_loss = self.trainer.strategy.reduce(loss, reduce_op="mean") if self._trainer else loss
         self._loss_window.append(mean_loss.double())  # stays on the device: no sync per step
-        if len(self._loss_window) >= 2:
-            window = torch.stack([v.to(mean_loss.device) for v in self._loss_window])  # restored ones are on the CPU
-            self.log("train/loss_var", window.var())
+        variance = self.loss_variance()
+        if variance is not None:
+            self.log("train/loss_var", variance)
+
+    def loss_variance(self) -> torch.Tensor | None:
+        """Unbiased variance of the last ``loss_var_window`` training losses (None before two
+        steps); checkpoints keep the window, so a reloaded module still has it."""
+        if len(self._loss_window) < 2:
+            return None
+        device = self._loss_window[-1].device  # values restored from a checkpoint are on the CPU
+        return torch.stack([v.to(device) for v in self._loss_window]).var()
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """The total gradient 2-norm, before any clipping."""

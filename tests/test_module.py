@@ -49,6 +49,8 @@ def test_loss_window_survives_a_checkpoint_and_resume(tmp_path):
     trainer.save_checkpoint(tmp_path / "a.ckpt")
     saved = torch.load(tmp_path / "a.ckpt", weights_only=False)["mmf_lightning"]["loss_window"]
     assert saved == [float(v) for v in module._loss_window] and len(saved) == 5
+    reloaded = MeanFlowModule.load_from_checkpoint(tmp_path / "a.ckpt")
+    assert float(reloaded.loss_variance()) == pytest.approx(torch.tensor(saved, dtype=torch.float64).var().item())
     resumed = _module(loss_var_window=5)
     trainer = quiet_trainer(
         tmp_path, max_steps=7, callbacks=[LambdaScheduler(LinearWarmup(4))], enable_checkpointing=False
