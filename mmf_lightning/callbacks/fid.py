@@ -4,7 +4,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from mmf_lightning.callbacks.validation_metric import ValidationMetric
+from mmf_lightning.callbacks.validation_metric import ValidationMetric, lightning_ranks
 from mmf_lightning.metrics.features import freeze, inception_v3, to_uint8
 from mmf_lightning.metrics.fid import cache_path, feature_statistics, make_fid, set_real_statistics
 from mmf_lightning.metrics.ranks import SINGLE, Ranks, block_generator
@@ -64,10 +64,15 @@ class FID(ValidationMetric):
 
     # -- before training: weights, extractor, reference statistics ---------------------------------
     def setup(self, trainer, pl_module, stage: str) -> None:
-        """Fails now, before the first training step, on non-image data or missing weights. The
-        reference statistics wait for the first validation, when the model is on its device."""
+        """Fails now, before any work, on non-image data or missing weights."""
         if stage in ("fit", "validate"):
             self.load_extractor(trainer.datamodule)
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        """The reference statistics, before the first training step (the model is on its device
+        by now; `validate` gets them at its first batch)."""
+        if not self.metrics:
+            self.prepare(trainer.datamodule, pl_module.device, lightning_ranks(trainer))
 
     def load_extractor(self, datamodule) -> None:
         if not hasattr(datamodule, "reference_set"):

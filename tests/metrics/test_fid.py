@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import TinyExtractor, quiet_trainer
+from lightning.pytorch.callbacks import LambdaCallback
 from scipy import linalg
 
 from mmf_lightning import MeanFlowModule
@@ -56,11 +57,17 @@ def test_fid_in_validation_uses_ema_weights_and_caches_the_reference(tmp_path, d
     cb = FID(num_samples=120, steps=(1,), feature_extractor=digits_extractor, batch_size=50,
              cache_dir=str(tmp_path / "cache"))  # fmt: skip
     module = _digits_module()
-    trainer = quiet_trainer(tmp_path, max_steps=3, callbacks=[LambdaScheduler(), EMAWeightAveraging(decay=0.5), cb],
+    cached_at_first_step = []
+    first_step = LambdaCallback(
+        on_train_start=lambda *_: cached_at_first_step.append(len(list((tmp_path / "cache").glob("*.pt"))))
+    )
+    trainer = quiet_trainer(tmp_path, max_steps=3,
+                            callbacks=[LambdaScheduler(), EMAWeightAveraging(decay=0.5), cb, first_step],
                             val_check_interval=3, num_sanity_val_steps=0, enable_checkpointing=False)  # fmt: skip
     dm = DigitsDataModule(batch_size=32)
     trainer.fit(module, dm)
     logged = float(trainer.logged_metrics["val/fid_1step"])
+    assert cached_at_first_step == [1]  # the reference statistics come before training, not at validation
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
 
     # the same FID, recomputed by hand from the EMA copy's samples (same seeds, same blocks)
