@@ -155,6 +155,15 @@ def test_bad_values_are_named(tmp_path, capsys, override, match):
     assert re.search(match, str(info.value) + capsys.readouterr().err)
 
 
+def test_missing_lpips_weights_stop_fit_before_training(tmp_path, monkeypatch):
+    """The CIFAR-10 configs validate LPIPS along the path: without AlexNet's weights (and no
+    downloads) fit stops at setup, naming the file and both fixes."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    with pytest.raises(FileNotFoundError, match=r"alexnet-owt-7be5be79.pth are missing.*download-weights.*TORCH_HOME"):
+        _fit(ROOT / "configs/cifar10/mmf_curriculum.yaml", tmp_path, *STAND_INS["cifar10"], *SMALL_UNET)
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
 def test_missing_cifar10_is_named_with_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"CIFAR-10 not found: expected .*cifar-10-batches-py.*download=true"):
         _fit(ROOT / "configs/cifar10/mmf_curriculum.yaml", tmp_path, f"--data.init_args.root={tmp_path}", *SMALL_UNET)
