@@ -3,6 +3,7 @@
 and ``python -m mmf_lightning download-weights``."""
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
@@ -112,21 +113,21 @@ def sample_main(argv: list[str]) -> Path:
     return output
 
 
+# the commands LightningCLI does not have: name -> (module, function of the arguments after the name);
+# imported on use, so `fit` does not load the evaluation code
+COMMANDS = {
+    "sample": ("mmf_lightning.cli", "sample_main"),
+    "evaluate": ("mmf_lightning.evaluate", "evaluate_main"),
+    "download-weights": ("mmf_lightning.metrics.weights", "download_weights_main"),
+}
+
+
 def main(argv: list[str] | None = None) -> None:
     """``argv`` defaults to ``sys.argv[1:]``; tests pass it explicitly."""
     args = sys.argv[1:] if argv is None else list(argv)
-    if args and args[0] == "sample":
-        sample_main(args[1:])
-        return
-    if args and args[0] == "download-weights":
-        from mmf_lightning.metrics.weights import download_weights_main
-
-        download_weights_main(args[1:])
-        return
-    if args and args[0] == "evaluate":
-        from mmf_lightning.evaluate import evaluate_main
-
-        evaluate_main(args[1:])
+    if args and args[0] in COMMANDS:
+        module, function = COMMANDS[args[0]]
+        getattr(importlib.import_module(module), function)(args[1:])
         return
     MMFLightningCLI(args=None if argv is None else args)
 

@@ -7,7 +7,7 @@ from tqdm.auto import tqdm
 from mmf_lightning.callbacks.validation_metric import ValidationMetric, lightning_ranks
 from mmf_lightning.metrics.features import freeze, inception_v3, to_uint8
 from mmf_lightning.metrics.fid import cache_path, feature_statistics, make_fid, set_real_statistics
-from mmf_lightning.metrics.ranks import SINGLE, Ranks, block_generator
+from mmf_lightning.metrics.ranks import SINGLE, Ranks
 
 
 class FID(ValidationMetric):
@@ -124,9 +124,8 @@ class FID(ValidationMetric):
         """FID of ``module``'s samples for each number of steps: {steps: value}, equal on every rank."""
         out = {}
         for k, fid in self.metrics.items():
-            blocks = ranks.blocks(self.num_samples, self.batch_size)
-            for b, n in tqdm(blocks, desc=f"FID ({k} step)", disable=not (progress and ranks.is_zero), leave=False):
-                g = block_generator(self.seed, b, module.device)
+            blocks = ranks.seeded_blocks(self.num_samples, self.batch_size, self.seed, module.device)
+            for n, g in tqdm(blocks, desc=f"FID ({k} step)", disable=not (progress and ranks.is_zero), leave=False):
                 fid.update(to_uint8(module.sample(n, k, generator=g)), real=False)
             out[k] = float(fid.compute())  # all-reduces the feature sums: every rank gets the same value
             fid.reset()  # fake features only: the real ones persist

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mmf_lightning.metrics.distances import energy_distance, sliced_wasserstein
-from mmf_lightning.metrics.ranks import SINGLE, Ranks, Sums, block_generator
+from mmf_lightning.metrics.ranks import SINGLE, Ranks, Sums
 
 
 @dataclass
@@ -105,10 +105,8 @@ def distances(module, datamodule, settings: EvaluationSettings, sample_steps=(1,
     reference = datamodule.reference_samples(settings.distance_samples)
     out = {}
     for k in sample_steps:
-        blocks = SINGLE.blocks(settings.distance_samples, settings.batch_size)
-        samples = torch.cat(
-            [module.sample(n, k, generator=block_generator(settings.seed, b, module.device)).cpu() for b, n in blocks]
-        )
+        blocks = SINGLE.seeded_blocks(settings.distance_samples, settings.batch_size, settings.seed, module.device)
+        samples = torch.cat([module.sample(n, k, generator=g).cpu() for n, g in blocks])
         g = torch.Generator().manual_seed(settings.seed)
         out[f"sw_{k}step"] = sliced_wasserstein(samples.flatten(1), reference.flatten(1), generator=g)
         out[f"energy_{k}step"] = energy_distance(samples.flatten(1), reference.flatten(1))
@@ -143,9 +141,8 @@ def evaluate_model(
     """
     sums = Sums()
     with_truth = callable(getattr(datamodule, "ground_truth", None))
-    blocks = ranks.blocks(settings.num_samples, settings.batch_size)
-    for b, n in tqdm(blocks, desc="path metrics", disable=not (progress and ranks.is_zero), leave=False):
-        g = block_generator(settings.seed, b, module.device)
+    blocks = ranks.seeded_blocks(settings.num_samples, settings.batch_size, settings.seed, module.device)
+    for n, g in tqdm(blocks, desc="path metrics", disable=not (progress and ranks.is_zero), leave=False):
         e, y = module.draw_starts(n, None, g)
         for name, values in path_metrics(module, e, y, settings.steps, lpips).items():
             sums.add(name, values)

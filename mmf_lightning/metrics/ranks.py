@@ -39,6 +39,10 @@ class Ranks:
             if b % self.world_size == self.rank
         ]
 
+    def seeded_blocks(self, num_samples: int, batch_size: int, seed: int, device) -> list[tuple[int, torch.Generator]]:
+        """This rank's blocks as (block size, the block's generator): what every sampler here loops over."""
+        return [(n, block_generator(seed, b, device)) for b, n in self.blocks(num_samples, batch_size)]
+
 
 def block_generator(seed: int, block: int, device) -> torch.Generator:
     """The generator of block ``block``: the same numbers on any rank, in any world size."""
