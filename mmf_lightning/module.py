@@ -10,8 +10,10 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
+from mmf_lightning import sampling
 from mmf_lightning.config import init_config
 from mmf_lightning.objectives import Objective, SampledPath
 from mmf_lightning.objectives.time_sampling import check_times
@@ -30,14 +32,24 @@ def unpack_batch(batch: Any) -> dict:
     "e" (a source sample paired with x) and "path" / "path_velocity" (a trajectory from x at
     t = 0 to e at t = 1 on a uniform grid, (B, K + 1, *D)). A bare tensor or an (x, y) pair
     is accepted too. Returns {"x", "y", "e", "path"}, absent entries None."""
+    batch = batch_dict(batch)
+    path = SampledPath(batch["path"], batch["path_velocity"]) if "path" in batch else None
+    return {"x": batch["x"], "y": batch.get("y"), "e": batch.get("e"), "path": path}
+
+
+def batch_dict(batch: Any) -> dict:
+    """A batch as the dict every DataModule yields (a bare tensor is {"x"}, a pair {"x", "y"})."""
     if isinstance(batch, torch.Tensor):
         batch = {"x": batch}
     elif isinstance(batch, (list, tuple)) and len(batch) == 2:
         batch = {"x": batch[0], "y": batch[1]}
     if not isinstance(batch, dict) or "x" not in batch:
         raise TypeError(f"a batch must be a dict with key 'x', a tensor or an (x, y) pair, got {type(batch).__name__}")
-    path = SampledPath(batch["path"], batch["path_velocity"]) if "path" in batch else None
-    return {"x": batch["x"], "y": batch.get("y"), "e": batch.get("e"), "path": path}
+    return batch
+
+
+# validation and test losses draw their times and noise from this seed (plus the batch and rank)
+_EVAL_SEED = 1_234_567
 
 
 class MeanFlowModule(L.LightningModule):
@@ -82,7 +94,9 @@ class MeanFlowModule(L.LightningModule):
         self.net = net
         self.objective = objective
         self.lam = 0.0
-        self._loss_window: deque[torch.Tensor] = deque(maxlen=loss_var_window)
+        self._loss_window: deque[torch.Tensor] = deque(maxlen=loss_var_window)  # one mean loss per optimizer step
+        self._step_losses: list[torch.Tensor] = []  # the micro-batch losses of the step under way
+        self._steps_seen = 0
 
     def _save_hparams(self, net: nn.Module, objective: Objective, source: Source) -> None:
         from_cli = _given_hyperparameters is not None and _given_hyperparameters.get() is not None
@@ -108,15 +122,15 @@ class MeanFlowModule(L.LightningModule):
         check_times(r, t)
         return self.net(z, r, t, y)
 
-    @torch.no_grad()
     def sample_trajectory(self, num_samples: int, steps: int = 1, y=None, generator=None) -> torch.Tensor:
-        """Every state z_{t_k} on the grid t_k = 1 - k / steps: (steps + 1, N, *data_shape).
+        """Every state z_{t_k} on the grid t_k = t_max (1 - k / steps): (steps + 1, N, *data_shape).
 
         Starts from e ~ ``source`` and applies the objective's jump (for MeanFlow objectives
-        z_r = z_t - (t - r) u(z_t, r, t)); the last state is the sample.
+        z_r = z_t - (t - r) u(z_t, r, t), t_max = 1); the last state is the sample. All randomness
+        (starts, labels, re-noising) comes from ``generator``.
         """
         e, y = self.draw_starts(num_samples, y, generator)
-        return self.trajectory_from(e, steps, y)
+        return self.trajectory_from(e, steps, y, generator)
 
     def draw_starts(self, num_samples: int, y=None, generator=None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Starts e ~ ``source`` (N, *data_shape) and, for a class-conditional net, labels (N,):
@@ -126,36 +140,17 @@ class MeanFlowModule(L.LightningModule):
         e = self.source.sample(num_samples, self.data_shape, generator, self.device).to(self.device)
         return e, self._sample_labels(num_samples, y, generator)
 
-    @torch.no_grad()
-    def trajectory_from(self, e: torch.Tensor, steps: int = 1, y=None) -> torch.Tensor:
-        """The states from given starts e (N, *data_shape) at t = 1: (steps + 1, N, *data_shape).
-        ``y``: labels for a class-conditional net (None draws none: pass them explicitly)."""
-        if steps < 1:
-            raise ValueError(f"need steps >= 1, got {steps}")
-        z, n = e.to(self.device), e.shape[0]
-        grid = torch.linspace(1.0, 0.0, steps + 1, device=self.device)
-        states = [z]
+    def trajectory_from(self, e: torch.Tensor, steps: int = 1, y=None, generator=None) -> torch.Tensor:
+        """The states from given starts e (N, *data_shape): (steps + 1, N, *data_shape)
+        (``sampling.trajectory``). ``y``: labels for a class-conditional net (None draws none:
+        pass them explicitly); ``generator``: for objectives whose jumps draw noise."""
         with self._net_in_eval_mode():
-            for k in range(steps):
-                t, r = (torch.full((n,), float(s), device=self.device) for s in grid[k : k + 2])
-                z = self.objective.jump(self.net, z, r, t, y)
-                states.append(z)
-        return torch.stack(states)
+            return sampling.trajectory(self.net, self.objective, e.to(self.device), steps, y, generator)
 
-    @torch.no_grad()
     def data_predictions(self, trajectory: torch.Tensor, y=None) -> torch.Tensor:
-        """One jump from each state of a K-step trajectory (K + 1, N, *data_shape) straight to
-        t = 0: x_hat_k = jump(z_{t_k}, t_k -> 0) for k < K, and x_hat_K = z_K. Same shape.
-        For an exact flow map every x_hat_k is the same point (docs/metrics.md, D_path)."""
-        steps, n = trajectory.shape[0] - 1, trajectory.shape[1]
-        grid = torch.linspace(1.0, 0.0, steps + 1, device=self.device)
-        zero = torch.zeros(n, device=self.device)
+        """One jump from each state of a K-step trajectory straight to t = 0 (``sampling.data_predictions``)."""
         with self._net_in_eval_mode():
-            jumps = [
-                self.objective.jump(self.net, trajectory[k].to(self.device), zero, torch.full_like(zero, grid[k]), y)
-                for k in range(steps)
-            ]
-        return torch.stack([*jumps, trajectory[-1].to(self.device)])
+            return sampling.data_predictions(self.net, self.objective, trajectory.to(self.device), y)
 
     @contextmanager
     def _net_in_eval_mode(self):
@@ -184,6 +179,12 @@ class MeanFlowModule(L.LightningModule):
 
     # -- training ----------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        precision = str(self.trainer.precision) if self._trainer is not None else "32-true"
+        if precision in ("16-true", "bf16-true"):
+            raise ValueError(
+                f"trainer.precision={precision} keeps the weights in half precision, which the float32 JVP "
+                "cannot mix with; use bf16-mixed or 16-mixed (the weights stay float32, the JVP runs in float32)"
+            )
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         shape = getattr(dm, "data_shape", None)
         if shape is not None and tuple(shape) != self.data_shape:
@@ -224,6 +225,33 @@ class MeanFlowModule(L.LightningModule):
                 "add one to trainer.callbacks, e.g. class_path: mmf_lightning.callbacks.LambdaScheduler "
                 "with init_args.schedule a Constant / LinearWarmup / CosineWarmup / Step"
             )
+        self._report_batch_and_lr()
+
+    def _report_batch_and_lr(self) -> None:
+        """Says, and logs as hyperparameters, the batch one optimizer step sees over all devices and
+        the learning rate it is taken with: what a paper's recipe fixes, whatever the hardware."""
+        trainer, dm = self.trainer, self.trainer.datamodule
+        world, accumulate = trainer.world_size, trainer.accumulate_grad_batches
+        if callable(getattr(dm, "device_batch_size", None)):
+            per_device = dm.device_batch_size(train=True)
+        elif isinstance(getattr(dm, "batch_size", None), int):  # a DataModule of its own: batch_size per device
+            per_device = dm.batch_size
+        else:
+            return
+        facts = {
+            "global_batch_size": per_device * world * accumulate,
+            "device_batch_size": per_device,
+            "world_size": world,
+            "accumulate_grad_batches": accumulate,
+            "lr": self.hparams.lr,
+        }
+        rank_zero_info(
+            f"global batch {facts['global_batch_size']} = {world} device(s) x {per_device} rows x {accumulate} "
+            f"accumulated micro-batch(es) per optimizer step; learning rate {self.hparams.lr:g} "
+            "(not scaled with the batch)"
+        )
+        for logger in self.loggers:
+            logger.log_hyperparams(facts)
 
     def _labels(self, b: dict) -> torch.Tensor | None:
         """Labels go to class-conditional nets only; an unconditional net ignores them."""
@@ -242,30 +270,48 @@ class MeanFlowModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         x, out = self._loss(batch)
         loss = out.loss
-        if not torch.isfinite(loss):
+        # One all-reduce gives the loss summed over ranks and the number of ranks whose loss is not
+        # finite, so every rank takes the same decision: a rank that stopped alone would leave the
+        # others waiting in backward's all-reduce until the collective times out.
+        world = self.trainer.world_size if self._trainer is not None else 1
+        totals = self._sum_over_ranks(torch.stack([loss.detach().float(), (~torch.isfinite(loss)).float()]))
+        if totals[1] > 0:
             raise FloatingPointError(
-                f"non-finite training loss {loss.item()} at step {self.global_step} (lambda={self.lam}); "
-                "lower the learning rate, clip gradients (trainer.gradient_clip_val) or check the data"
+                f"non-finite training loss (this rank: {loss.item()}) on {int(totals[1])} of {world} rank(s) at "
+                f"step {self.global_step} (lambda={self.lam}); lower the learning rate, clip gradients "
+                "(trainer.gradient_clip_val) or check the data"
             )
-        self._track_loss_variance(loss.detach())
+        self._step_losses.append(totals[0] / world)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/mse", out.per_sample.mean() / x[0].numel())
         for key, value in out.stats.items():
             self.log(f"train/{key}", value.float())
         return loss
 
-    def _track_loss_variance(self, loss: torch.Tensor) -> None:
-        """Variance of the (all-rank mean) loss over the last ``loss_var_window`` steps: the
-        paper's training-stability measure."""
-        mean_loss = self.trainer.strategy.reduce(loss, reduce_op="mean") if self._trainer else loss
-        self._loss_window.append(mean_loss.double())  # stays on the device: no sync per step
+    def _sum_over_ranks(self, values: torch.Tensor) -> torch.Tensor:
+        return self.trainer.strategy.reduce(values, reduce_op="sum") if self._trainer is not None else values
+
+    def on_train_start(self) -> None:
+        self._steps_seen = self.global_step
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        """Once per optimizer step, whatever the gradient accumulation (``global_step`` moves only
+        when the optimizer stepped): the objective's target network moves, and the step's loss
+        (the mean over its micro-batches and ranks) joins the loss-variance window."""
+        if self.global_step == self._steps_seen:
+            return
+        self._steps_seen = self.global_step
+        self.objective.on_optimizer_step(self.net, self.global_step)
+        self._loss_window.append(torch.stack(self._step_losses).mean())  # stays on the device: no sync
+        self._step_losses.clear()
         variance = self.loss_variance()
         if variance is not None:
             self.log("train/loss_var", variance)
 
     def loss_variance(self) -> torch.Tensor | None:
-        """Unbiased variance of the last ``loss_var_window`` training losses (None before two
-        steps); checkpoints keep the window, so a reloaded module still has it."""
+        """Unbiased variance of the last ``loss_var_window`` training losses (one per optimizer step,
+        None before two steps): the paper's training-stability measure. Checkpoints keep the
+        window, so a reloaded module still has it."""
         if len(self._loss_window) < 2:
             return None
         device = self._loss_window[-1].device  # values restored from a checkpoint are on the CPU
@@ -277,23 +323,28 @@ class MeanFlowModule(L.LightningModule):
         if grads:
             self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        self.objective.on_optimizer_step(self.net, self.global_step)
-
-    def _eval_loss(self, batch, stage: str) -> torch.Tensor:
+    def _eval_loss(self, batch, batch_idx: int, stage: str) -> torch.Tensor:
         # The JVP layers' custom rules save their inputs, which inference tensors cannot be
         # (Lightning evaluates under inference_mode): evaluate on normal copies, without grad.
-        with torch.inference_mode(False), torch.no_grad():
-            batch = {k: v.clone() if torch.is_tensor(v) else v for k, v in batch.items()}
+        # The loss draws times and noise: from a generator forked off torch's and seeded by the
+        # batch, so the value is reproducible and validation leaves training's random stream alone.
+        cuda = self.device.type == "cuda"
+        with (
+            torch.inference_mode(False),
+            torch.no_grad(),
+            torch.random.fork_rng(devices=[self.device] if cuda else [], device_type="cuda" if cuda else "cpu"),
+        ):
+            torch.manual_seed(_EVAL_SEED + 1_000_003 * self.global_rank + batch_idx)
+            batch = {k: v.clone() if torch.is_tensor(v) else v for k, v in batch_dict(batch).items()}
             _, out = self._loss(batch)
         self.log(f"{stage}/loss", out.loss, sync_dist=True)
         return out.loss
 
     def validation_step(self, batch, batch_idx):
-        return self._eval_loss(batch, "val")
+        return self._eval_loss(batch, batch_idx, "val")
 
     def test_step(self, batch, batch_idx):
-        return self._eval_loss(batch, "test")
+        return self._eval_loss(batch, batch_idx, "test")
 
     def predict_step(self, batch, batch_idx):
         """One-step samples, as many as the batch has rows (with its labels for conditional nets)."""
@@ -331,4 +382,4 @@ class MeanFlowModule(L.LightningModule):
         self.lam = float(state.get("lambda", 0.0))
         self.objective.load_state_dict(state.get("objective", {}))
         self._loss_window.clear()  # a resumed run continues its window
-        self._loss_window.extend(torch.tensor(v, dtype=torch.float64) for v in state.get("loss_window", []))
+        self._loss_window.extend(torch.tensor(v) for v in state.get("loss_window", []))

@@ -43,10 +43,19 @@ class Named(Source):
         sample_distribution(name, 1, None, mean, std)  # fail now on an unknown name
 
     def sample(self, n, shape, generator=None, device=None):
-        x = sample_distribution(self.name, n, generator, self.mean, self.std)
+        x = sample_distribution(self.name, n, cpu_generator(generator), self.mean, self.std)
         if tuple(x.shape[1:]) != tuple(shape):
             raise ValueError(f"source {self!r} draws shape {tuple(x.shape[1:])}, the data has {tuple(shape)}")
         return x.to(device)
+
+
+def cpu_generator(generator: torch.Generator | None) -> torch.Generator | None:
+    """A CPU generator for samplers that draw on the CPU: ``generator`` itself, or for a device
+    generator a CPU one seeded by a draw from it (the same numbers for the same device seed)."""
+    if generator is None or generator.device.type == "cpu":
+        return generator
+    seed = torch.randint(0, 2**62, (1,), generator=generator, device=generator.device)
+    return torch.Generator().manual_seed(int(seed))
 
 
 class UniformBox(Source):

@@ -138,3 +138,33 @@ class MetricsRecorder(L.Callback):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(metrics))
+
+
+class FirstStepRecorder(L.Callback):
+    """Saves, per rank, what the first training step starts from: its batch, torch's RNG state, the
+    net's weights and lambda, so a test can replay the step in one process. After the LambdaScheduler."""
+
+    def __init__(self, out_dir: str):
+        self.out_dir = Path(out_dir)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == 0 and batch_idx == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            state = {
+                "batch": {k: v.detach().clone() for k, v in batch.items()},
+                "rng": torch.get_rng_state(),
+                "net": {k: v.detach().clone() for k, v in pl_module.net.state_dict().items()},
+                "lam": pl_module.lam,
+            }
+            torch.save(state, self.out_dir / f"start_rank{trainer.global_rank}.pt")
+
+
+class NaNInjector(L.Callback):
+    """Puts a NaN into the batch of one rank at one optimizer step."""
+
+    def __init__(self, rank: int = 1, step: int = 1):
+        self.rank, self.step = rank, step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_rank == self.rank and trainer.global_step == self.step:
+            batch["x"][0] = float("nan")

@@ -172,7 +172,9 @@ def test_missing_cifar10_is_named_with_the_fix(tmp_path):
 # -- DDP over gloo: JVP inside DistributedDataParallel ------------------------------------------
 def test_ddp_two_ranks_lambda_one_gradients_agree(tmp_path):
     """torch.func.jvp cannot run on the DDP wrapper; the objective calls the inner network.
-    With lambda = 1 every parameter must get a gradient, all-reduced to the same value on both ranks."""
+    With lambda = 1 every parameter must get a gradient, all-reduced to the same value on both ranks,
+    and that value is the gradient of the mean loss over the combined batch of both ranks, replayed
+    here in one process from each rank's batch and random state (not only 1 rank against 2)."""
     env = dict(os.environ, PYTHONPATH=f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     cmd = [
         sys.executable,
@@ -189,6 +191,8 @@ def test_ddp_two_ranks_lambda_one_gradients_agree(tmp_path):
         "--model.objective.init_args.tangent=conditional",
         "--trainer.callbacks+=helpers.GradientRecorder",
         f"--trainer.callbacks.out_dir={tmp_path / 'grads'}",
+        "--trainer.callbacks+=helpers.FirstStepRecorder",
+        f"--trainer.callbacks.out_dir={tmp_path / 'grads'}",
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -199,6 +203,43 @@ def test_ddp_two_ranks_lambda_one_gradients_agree(tmp_path):
     for name, g0 in ranks[0]["grads"].items():
         torch.testing.assert_close(ranks[1]["grads"][name], g0, msg=name)
     assert sum(g.norm() for g in ranks[0]["grads"].values()) > 0
+
+    # one process, the combined batch: each rank's half replayed from its own random state
+    from mmf_lightning import MeanFlowModule
+    from mmf_lightning.nets import MLP
+    from mmf_lightning.objectives import ModularMeanFlow, TimeSampler
+
+    starts = [torch.load(tmp_path / "grads" / f"start_rank{i}.pt") for i in (0, 1)]
+    assert starts[0]["batch"]["x"].shape == (128, 2)  # the global batch of 256, split over 2 ranks
+    assert not torch.equal(starts[0]["batch"]["x"], starts[1]["batch"]["x"])  # each rank its own shard
+    objective = ModularMeanFlow(tangent="conditional", time_sampler=TimeSampler("uniform", equal_fraction=0.25))
+    module = MeanFlowModule(MLP(dim=2, width=256, depth=4), objective)
+    module.net.load_state_dict(starts[0]["net"])
+    module.lam = 1.0
+    losses = []
+    for start in starts:
+        torch.set_rng_state(start["rng"])
+        losses.append(module._loss(start["batch"])[1].loss)
+    (sum(losses) / 2).backward()
+    for name, p in module.named_parameters():
+        torch.testing.assert_close(ranks[0]["grads"][name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_ddp_a_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
+    """A NaN in rank 1's batch at step 1: every rank stops with the error itself (the decision is
+    collective). Before, rank 1 stopped alone and rank 0 waited in the next all-reduce: over gloo it
+    fails when the peer's socket closes, over NCCL it waits until the collective's timeout."""
+    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    cmd = [
+        sys.executable, "-m", "mmf_lightning", "fit", "--config", str(ROOT / "configs/quickstart.yaml"),
+        *_quiet(tmp_path, steps=4), "--trainer.strategy=ddp", "--trainer.devices=2",
+        "--trainer.callbacks+=helpers.NaNInjector", "--trainer.callbacks.rank=1", "--trainer.callbacks.step=1",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert proc.returncode != 0
+    for rank in (0, 1):
+        pattern = rf"\[rank{rank}\]: FloatingPointError: non-finite training loss .* on 1 of 2 rank\(s\) at step 1"
+        assert re.search(pattern, proc.stderr), proc.stderr[-3000:]
 
 
 DIGITS = ROOT / "configs/digits/lambda1.yaml"

@@ -1,5 +1,6 @@
 """The LightningModule on real Trainer runs: logging, EMA, sampling, checkpoints, bad input."""
 
+import math
 import subprocess
 import sys
 
@@ -137,3 +138,156 @@ def test_cosine_learning_rate_with_warmup(tmp_path):
     )
     assert lrs[0] == pytest.approx(5e-4) and lrs[1] == pytest.approx(1e-3)
     assert all(a >= b for a, b in zip(lrs[1:], lrs[2:])) and lrs[-1] > 1e-4
+
+
+# -- once per optimizer step, whatever the gradient accumulation ---------------------------------------
+class _CountingCT:
+    """A real ConsistencyTraining that also records the steps its target network moved at."""
+
+    @staticmethod
+    def make(**kw):
+        from mmf_lightning.objectives import ConsistencyTraining
+
+        class Counting(ConsistencyTraining):
+            moved_at: list = []
+
+            def on_optimizer_step(self, net, step):
+                self.moved_at.append(step)
+                super().on_optimizer_step(net, step)
+
+        ct = Counting(**kw)
+        ct.moved_at = []
+        return ct
+
+
+def test_target_network_loss_window_and_figures_move_once_per_optimizer_step(tmp_path):
+    """accumulate_grad_batches=4 and 3 optimizer steps: the CT target moves 3 times (not 12, and not
+    before the first optimizer step), the loss window holds 3 means of 4 micro-batch losses, and
+    SampleFigures(every_n_steps=2) draws at step 2 and at the end (step 3), never at step 0."""
+    from mmf_lightning.callbacks import SampleFigures
+
+    ct = _CountingCT.make(total_steps=10)
+    module = MeanFlowModule(MLP(dim=2, width=32, depth=2, time_dim=16), ct, lr=1e-3)
+    micro = []
+
+    class RecordLoss(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            micro.append(batch_idx)
+
+    figures = SampleFigures(num_samples=50, steps=(1,), every_n_steps=2)
+    trainer = quiet_trainer(tmp_path, max_steps=3, accumulate_grad_batches=4, callbacks=[RecordLoss(), figures],
+                            limit_val_batches=0, enable_checkpointing=False)  # fmt: skip
+    before = [p.clone() for p in module.net.parameters()]
+    trainer.fit(module, _data())
+    assert ct.moved_at == [1, 2, 3]
+    assert len(module._loss_window) == 3
+    assert len(micro) == 12
+    assert sorted(p.name for p in (tmp_path / "samples").glob("*.png")) == ["step_2.png", "step_3.png"]
+    assert any(not torch.equal(a, b) for a, b in zip(before, module.net.parameters()))
+
+
+def test_loss_window_holds_the_mean_micro_batch_loss_of_each_step(tmp_path):
+    module = _module(loss_var_window=10)
+    losses = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            losses.append(float(trainer.callback_metrics["train/loss"]))  # this micro-batch's loss
+
+    trainer = quiet_trainer(tmp_path, max_steps=3, accumulate_grad_batches=2,
+                            callbacks=[LambdaScheduler(), Record()], limit_val_batches=0,
+                            enable_checkpointing=False)  # fmt: skip
+    trainer.fit(module, _data())
+    expected = [(losses[2 * i] + losses[2 * i + 1]) / 2 for i in range(3)]
+    assert [float(v) for v in module._loss_window] == pytest.approx(expected, rel=1e-5)
+
+
+# -- validation draws from its own stream ----------------------------------------------------------------
+def test_validation_leaves_the_training_stream_alone_and_repeats_itself(tmp_path):
+    """The same run with and without validation ends with the same weights; validating twice gives
+    the same validation loss."""
+    weights = {}
+    for validate in (True, False):
+        torch.manual_seed(0)
+        module = _module()
+        trainer = quiet_trainer(tmp_path, max_steps=6, callbacks=[LambdaScheduler()], enable_checkpointing=False,
+                                val_check_interval=2 if validate else 1.0, limit_val_batches=2 if validate else 0,
+                                num_sanity_val_steps=2 if validate else 0)  # fmt: skip
+        trainer.fit(module, _data())
+        weights[validate] = [p.detach().clone() for p in module.parameters()]
+    for a, b in zip(weights[True], weights[False]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    module = _module()
+    first, second = (
+        quiet_trainer(tmp_path, callbacks=[LambdaScheduler()]).validate(module, _data(), verbose=False)[0]["val/loss"]
+        for _ in range(2)
+    )
+    assert first == second
+
+
+def test_plain_tensor_and_pair_batches_validate(tmp_path):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x = torch.randn(32, 2)
+    module = _module()
+    for dataset in (TensorDataset(x), TensorDataset(x, torch.zeros(32, dtype=torch.long))):
+        out = quiet_trainer(tmp_path, callbacks=[LambdaScheduler()]).validate(
+            module, DataLoader(dataset, batch_size=16), verbose=False
+        )
+        assert out[0]["val/loss"] > 0
+
+
+# -- the global batch ---------------------------------------------------------------------------------------
+def test_batch_size_is_the_global_batch_of_an_optimizer_step(tmp_path, capsys):
+    rows = []
+
+    class Rows(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            rows.append(batch["x"].shape[0])
+
+    trainer = quiet_trainer(tmp_path, max_steps=2, accumulate_grad_batches=4, callbacks=[LambdaScheduler(), Rows()],
+                            limit_val_batches=0, enable_checkpointing=False)  # fmt: skip
+    trainer.fit(_module(), _data())  # batch_size=64: 4 micro-batches of 16 rows
+    assert rows == [16] * 8
+    with pytest.raises(ValueError, match=r"batch_size=64 is the global batch .* 1 rank\(s\) x 3 accumulated .* = 3"):
+        quiet_trainer(tmp_path, accumulate_grad_batches=3, callbacks=[LambdaScheduler()]).fit(_module(), _data())
+
+
+def test_the_global_batch_and_learning_rate_are_logged_at_start(tmp_path, caplog):
+    from lightning.pytorch.loggers import CSVLogger
+
+    logger = CSVLogger(tmp_path, name="run")
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=logger, accumulate_grad_batches=2,
+                        callbacks=[LambdaScheduler()], enable_progress_bar=False, limit_val_batches=0,
+                        enable_model_summary=False, enable_checkpointing=False)  # fmt: skip
+    with caplog.at_level("INFO"):
+        trainer.fit(_module(lr=3e-4), _data())
+    assert "global batch 64 = 1 device(s) x 32 rows x 2 accumulated micro-batch(es) per optimizer step" in caplog.text
+    hparams = (tmp_path / "run" / "version_0" / "hparams.yaml").read_text()
+    assert "global_batch_size: 64" in hparams and "device_batch_size: 32" in hparams
+
+
+def test_cosine_learning_rate_follows_the_closed_form(tmp_path):
+    """lr(k) = min_lr + (lr - min_lr) (1 + cos(pi (k - w) / (K - w))) / 2 after a linear warmup of w steps."""
+    lr, min_lr, warmup, total = 1e-3, 1e-4, 3, 12
+    module = _module(lr=lr, lr_warmup_steps=warmup, min_lr=min_lr)
+    lrs = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    quiet_trainer(tmp_path, max_steps=total, callbacks=[LambdaScheduler(), Record()], limit_val_batches=0,
+                  enable_checkpointing=False).fit(module, _data())  # fmt: skip
+    expected = [lr * (k + 1) / warmup for k in range(warmup)]
+    expected += [min_lr + (lr - min_lr) * (1 + math.cos(math.pi * (k - warmup) / (total - warmup))) / 2
+                 for k in range(warmup, total)]  # fmt: skip
+    assert lrs == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("precision", ["bf16-true", "16-true"])
+def test_half_precision_weights_are_refused_before_training(tmp_path, precision):
+    module = _module()
+    with pytest.raises(ValueError, match=rf"trainer.precision={precision} .* use bf16-mixed or 16-mixed"):
+        quiet_trainer(tmp_path, precision=precision, callbacks=[LambdaScheduler()]).fit(module, _data())
+    assert module.global_step == 0

@@ -33,15 +33,21 @@ class SampleFigures(L.Callback):
     def __init__(self, num_samples: int = 1000, steps: tuple[int, ...] = (1, 2), every_n_steps: int = 0, seed: int = 0):
         self.num_samples, self.steps, self.every_n_steps, self.seed = num_samples, tuple(steps), every_n_steps, seed
         self.last_path: Path | None = None
+        self._drawn_at: int | None = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+        # once per n optimizer steps: global_step moves only when the optimizer stepped, so under
+        # gradient accumulation the micro-batches of one step draw once, and step 0 never
+        step = trainer.global_step
+        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and step != self._drawn_at:
             self.draw(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self.draw(trainer, pl_module)
+        if trainer.global_step != self._drawn_at:
+            self.draw(trainer, pl_module)
 
     def draw(self, trainer, pl_module) -> None:
+        self._drawn_at = trainer.global_step  # on every rank: they all take the same decisions
         out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "samples"  # log_dir is collective: all ranks
         if not trainer.is_global_zero:
             return

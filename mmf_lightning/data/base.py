@@ -3,6 +3,11 @@
 Under DDP Lightning gives every map-style dataset a DistributedSampler, so each rank reads
 its own shard; the data itself (subsets, synthetic sets, trajectories) is built from a seed,
 so every rank builds the same set before it is sharded.
+
+``batch_size`` is the global batch of one optimizer step, the number papers give: each of the
+world's ranks loads ``batch_size / (world_size * accumulate_grad_batches)`` rows per micro-batch,
+so a config trains with the same batch (and so the same learning rate means the same thing) on
+one CPU, one GPU or eight.
 """
 
 import lightning as L
@@ -30,7 +35,8 @@ class DataModuleBase(L.LightningDataModule):
     """Dataloaders for ``self.train_set`` / ``self.val_set`` (set by ``setup``).
 
     Args:
-        batch_size: per-device batch size.
+        batch_size: the global batch of one optimizer step, over all devices and accumulated
+            micro-batches (module docstring).
         num_workers: dataloader worker processes.
         persistent_workers: keep workers alive between epochs (when num_workers > 0).
         pin_memory: page-locked host memory; None means "when a GPU is present".
@@ -58,13 +64,24 @@ class DataModuleBase(L.LightningDataModule):
             )
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
+            batch_size=self.device_batch_size(train),
             shuffle=train,
             drop_last=train,
             num_workers=self.num_workers,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
             pin_memory=self.pin_memory,
+            # a DataLoader draws a seed from its generator at every pass: evaluation loaders get their
+            # own, so validating does not move training's random stream
+            generator=None if train else torch.Generator().manual_seed(0),
         )
+
+    def device_batch_size(self, train: bool = True) -> int:
+        """Rows per micro-batch on each rank: ``batch_size`` split over the ranks (and, for training,
+        the accumulated micro-batches) of the Trainer this DataModule is attached to."""
+        trainer = self.trainer
+        if trainer is None:
+            return self.batch_size
+        return split_batch(self.batch_size, trainer.world_size, trainer.accumulate_grad_batches if train else 1)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True)
@@ -77,3 +94,15 @@ class DataModuleBase(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
+
+
+def split_batch(global_batch: int, world_size: int, accumulate: int = 1) -> int:
+    """The per-rank micro-batch of a global batch; an error naming all three when it does not divide."""
+    parts = world_size * accumulate
+    if global_batch % parts:
+        raise ValueError(
+            f"batch_size={global_batch} is the global batch of one optimizer step and must divide into "
+            f"{world_size} rank(s) x {accumulate} accumulated micro-batch(es) = {parts}; set data.init_args.batch_size "
+            f"to a multiple of {parts} (e.g. {max(parts, global_batch // parts * parts)})"
+        )
+    return global_batch // parts

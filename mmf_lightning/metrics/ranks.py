@@ -57,7 +57,7 @@ class Sums:
         self.totals: dict[str, torch.Tensor] = {}
 
     def add(self, name: str, values: torch.Tensor) -> None:
-        v = values.detach().double().flatten().cpu()
+        v = values.detach().flatten().cpu().double()  # float64 on the CPU: some devices (MPS) have none
         new = torch.stack([v.sum(), v.square().sum(), torch.tensor(float(v.numel()), dtype=torch.float64)])
         self.totals[name] = self.totals[name] + new if name in self.totals else new
 
@@ -65,8 +65,8 @@ class Sums:
         """{name: {"mean", "std", "n"}} over all ranks. Every rank passes the same ``names``
         (a rank with no samples contributes zeros)."""
         zeros = torch.zeros(3, dtype=torch.float64)
-        stacked = torch.stack([self.totals.get(name, zeros) for name in names]).to(device)
-        total = ranks.all_sum(stacked).cpu()
+        stacked = torch.stack([self.totals.get(name, zeros) for name in names])
+        total = ranks.all_sum(stacked.to(device)).cpu() if ranks.world_size > 1 else stacked
         out = {}
         for name, (s, sq, n) in zip(names, total.tolist()):
             mean = s / n if n else float("nan")

@@ -15,11 +15,41 @@ namesake whose ``autograd.Function`` has an explicit ``jvp``:
 The ``jvp`` bodies are plain differentiable torch ops, so with lambda > 0 autograd
 backpropagates through the tangent, and the values and gradients equal those of the
 built-in layers (tests/nets/test_jvp_layers.py).
+
+Autocast: an ``autograd.Function`` is opaque to autocast, so each layer applies the cast
+itself, in its module ``forward``, before the Function: when autocast is on for the input's
+device, Conv2d runs in the autocast dtype (torch's policy for convolutions) and GroupNorm in
+float32 (torch's CUDA policy for normalisations; applied on every device, so a CPU run
+computes what a GPU run does). The casts are ordinary differentiable ``Tensor.to`` calls,
+so each Function sees one dtype in forward, backward and jvp, and gradients reach float32
+parameters as float32. With autocast off (as in ``objectives.jvp.u_and_dudt``, which runs
+the JVP in float32) nothing is cast. float64 tensors are never cast, as in torch's autocast.
+(tests/nets/test_mixed_precision.py)
 """
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def _autocast_dtype(x: torch.Tensor, lower_precision: bool) -> torch.dtype | None:
+    """The dtype torch's autocast runs a layer in on ``x``'s device, None when autocast is off there.
+
+    ``lower_precision``: the autocast dtype (convolutions, matmuls); otherwise float32
+    (normalisations)."""
+    device = x.device.type
+    if not torch.is_autocast_enabled(device):
+        return None
+    return torch.get_autocast_dtype(device) if lower_precision else torch.float32
+
+
+def _autocast(dtype: torch.dtype | None, *tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """Cast floating tensors other than float64 to ``dtype`` (differentiably), as autocast does."""
+    if dtype is None:
+        return tensors
+    return tuple(
+        t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != torch.float64 else t for t in tensors
+    )
 
 
 class _Conv2dFn(torch.autograd.Function):
@@ -67,7 +97,8 @@ class Conv2d(nn.Conv2d):
             raise ValueError("jvp_layers.Conv2d supports groups=1, dilation=1, integer zero padding only")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _Conv2dFn.apply(x, self.weight, self.bias, self.stride, self.padding)
+        x, weight, bias = _autocast(_autocast_dtype(x, lower_precision=True), x, self.weight, self.bias)
+        return _Conv2dFn.apply(x, weight, bias, self.stride, self.padding)
 
 
 def _group_shape(x: torch.Tensor, groups: int) -> tuple[int, int, int]:
@@ -186,7 +217,8 @@ class GroupNorm(nn.GroupNorm):
     """``nn.GroupNorm`` with a JVP through the fused normalisation kernel."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _GroupNormFn.apply(x, self.weight, self.bias, self.num_groups, self.eps)[0]
+        x, weight, bias = _autocast(_autocast_dtype(x, lower_precision=False), x, self.weight, self.bias)
+        return _GroupNormFn.apply(x, weight, bias, self.num_groups, self.eps)[0]
 
 
 def _silu_grad(x: torch.Tensor) -> torch.Tensor:

@@ -36,6 +36,8 @@ class Objective(RecordsInit):
 
     #: whether the loss reads lambda (then a LambdaScheduler callback must drive it)
     uses_lambda: bool = False
+    #: the largest time the net is trained at, where sampling starts
+    t_max: float = 1.0
 
     def __call__(
         self,
@@ -52,8 +54,15 @@ class Objective(RecordsInit):
         ``path``: ``t -> (z_t, v_t)`` (default: the straight line from x to e, ``LinearPath``)."""
         raise NotImplementedError
 
-    def jump(self, net: nn.Module, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor, y=None) -> torch.Tensor:
-        """Map ``z`` at times ``t`` to times ``r`` (both (B,)), the way this objective's net is meant to."""
+    def start(self, e: torch.Tensor) -> torch.Tensor:
+        """The sampler's first state, at ``t_max``, from a source sample e (B, *D): e itself."""
+        return e
+
+    def jump(
+        self, net: nn.Module, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor, y=None, generator=None
+    ) -> torch.Tensor:
+        """Map ``z`` at times ``t`` to times ``r`` (both (B,)), the way this objective's net is meant to.
+        A jump that draws noise draws it from ``generator`` (never from torch's global one)."""
         return z - expand_like(t - r, z) * net(z, r, t, y)
 
     def check_net(self, net: nn.Module) -> None:

@@ -12,6 +12,10 @@ of z_t / (1 - t) = x + sigma e, so t = sigma / (1 + sigma).
 N(k) = ceil(sqrt(k / K ((s1 + 1)^2 - s0^2) + s0^2) - 1) + 1 and the target is an EMA
 of the online net with decay mu(k) = exp(s0 log(mu0) / N(k)); ``target_ema=0`` uses the
 online net under stop-gradient instead (improved CT, Song & Dhariwal 2023).
+
+Sampling starts where training ends: at t_max = sigma_max / (1 + sigma_max) (80/81 with EDM's
+grid), from z = t_max e, EDM's x_T = sigma_max e on our path (the data term (1 - t_max) x is
+dropped, as EDM drops x against sigma_max e). The net never sees a time it was not trained at.
 """
 
 import copy
@@ -68,11 +72,17 @@ class ConsistencyTraining(Objective):
         return math.ceil(n) + 1
 
     def times(self, num_scales: int, device=None) -> torch.Tensor:
-        """Increasing grid t_1 < ... < t_N in (0, 1): (N,)."""
-        i = torch.arange(num_scales, device=device, dtype=torch.float64) / (num_scales - 1)
+        """Increasing grid t_1 < ... < t_N in (0, 1): (N,). Computed in float64 on the CPU (some
+        devices have no float64), then moved."""
+        i = torch.arange(num_scales, dtype=torch.float64) / (num_scales - 1)
         lo, hi = self.sigma_min ** (1 / self.rho), self.sigma_max ** (1 / self.rho)
         sigma = (lo + i * (hi - lo)) ** self.rho
-        return (sigma / (1 + sigma)).float()
+        return (sigma / (1 + sigma)).float().to(device)
+
+    @property
+    def t_max(self) -> float:
+        """The largest training time, sigma_max / (1 + sigma_max): where sampling starts."""
+        return self.sigma_max / (1 + self.sigma_max)
 
     def ema_decay(self, step: int) -> float:
         return math.exp(self.s0 * math.log(self.target_ema) / self.num_scales(step)) if self.target_ema else 0.0
@@ -82,10 +92,18 @@ class ConsistencyTraining(Objective):
     def denoise(net: nn.Module, z: torch.Tensor, t: torch.Tensor, y=None) -> torch.Tensor:
         return z - expand_like(t, z) * net(z, torch.zeros_like(t), t, y)
 
-    def jump(self, net, z, r, t, y=None):
-        """Consistency sampling: denoise to t = 0, then re-noise to r with fresh noise."""
+    def start(self, e: torch.Tensor) -> torch.Tensor:
+        """z at t_max from a source sample: t_max e (EDM's x_T = sigma_max e)."""
+        return self.t_max * e
+
+    def jump(self, net, z, r, t, y=None, generator=None):
+        """Consistency sampling: denoise to t = 0, then re-noise to r with fresh noise from ``generator``."""
         x = self.denoise(net, z, t, y)
-        return linear_path(x, torch.randn_like(x), r)[0]
+        if not bool((r > 0).any()):
+            return x
+        device = generator.device if generator is not None else x.device
+        noise = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+        return linear_path(x, noise, r)[0]
 
     def _target_net(self, net: nn.Module) -> nn.Module:
         if not self.target_ema:

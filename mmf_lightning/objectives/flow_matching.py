@@ -32,5 +32,5 @@ class FlowMatching(ModularMeanFlow):
         t = self.time_sampler.sample_t(x.shape[0], x.device)
         return super().__call__(net, x, y, e=e, path=path, r=t, t=t)
 
-    def jump(self, net, z, r, t, y=None):
+    def jump(self, net, z, r, t, y=None, generator=None):
         return z - expand_like(t - r, z) * net(z, t, t, y)

@@ -83,3 +83,90 @@ def test_stop_gradient_target_and_pseudo_huber():
 def test_bad_configuration(kw, match):
     with pytest.raises(ValueError, match=match):
         ConsistencyTraining(**kw)
+
+
+class _Recording(torch.nn.Module):
+    """Wraps a net and records, per call, its times and whether autograd records the call."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.calls = net, []
+        self.data_shape, self.num_classes = net.data_shape, None
+
+    def forward(self, z, r, t, y=None):
+        self.calls.append({"z": z.detach().clone(), "r": r.clone(), "t": t.clone(), "grad": torch.is_grad_enabled()})
+        return self.net(z, r, t, y)
+
+
+def test_online_net_at_the_later_time_target_at_the_adjacent_earlier_one_on_the_same_noise():
+    """Song et al. (2023), CT: d(f_theta(x + t_{n+1} z, t_{n+1}), f_target(x + t_n z, t_n)), the online
+    net one grid point later than the target, both on the same noise. Here, on our path."""
+    ct = ConsistencyTraining(total_steps=10, target_ema=0.0)
+    net = _Recording(MLP(dim=2, width=16, depth=1))
+    x, e = torch.randn(64, 2), torch.randn(64, 2)
+    ct(net, x, e=e, step=10)
+    target, online = net.calls  # the target first, without autograd; then the online net with it
+    assert not target["grad"] and online["grad"]
+    grid = ct.times(ct.num_scales(10)).tolist()
+    for t_lo, t_hi in zip(target["t"].tolist(), online["t"].tolist()):
+        i = grid.index(t_lo)
+        assert grid[i + 1] == t_hi  # adjacent, online later
+    for call in (target, online):
+        torch.testing.assert_close(call["r"], torch.zeros(64))
+        tt = call["t"][:, None]
+        torch.testing.assert_close(call["z"], (1 - tt) * x + tt * e)  # the same e on both
+
+
+def test_no_gradient_flows_through_the_target():
+    """With target_ema = 0 the target is the online net itself: the gradient must be that of
+    ||f(z_hi, t_hi) - stopgrad f(z_lo, t_lo)||^2, computed here by hand on the same draws."""
+    ct = ConsistencyTraining(total_steps=10, target_ema=0.0)
+    net = MLP(dim=2, width=16, depth=1)
+    x, e = torch.randn(32, 2), torch.randn(32, 2)
+    torch.manual_seed(5)
+    ct(net, x, e=e, step=10).loss.backward()
+    grads = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    torch.manual_seed(5)
+    grid = ct.times(ct.num_scales(10))
+    n = torch.randint(0, grid.numel() - 1, (32,))  # the same draw as the objective's
+    t_lo, t_hi = grid[n], grid[n + 1]
+
+    def f(t):
+        z = (1 - t[:, None]) * x + t[:, None] * e
+        return z - t[:, None] * net(z, torch.zeros_like(t), t)
+
+    ((f(t_hi) - f(t_lo).detach()) ** 2).sum(1).mean().backward()
+    for g, p in zip(grads, net.parameters()):
+        torch.testing.assert_close(g, p.grad)
+
+
+def _ct_module():
+    from mmf_lightning import MeanFlowModule
+
+    return MeanFlowModule(MLP(dim=2, width=16, depth=2, dropout=0.1), ConsistencyTraining(total_steps=10))
+
+
+def test_multistep_sampling_draws_only_from_the_given_generator():
+    module = _ct_module()
+    state = torch.get_rng_state()
+    a = module.sample(64, steps=3, generator=torch.Generator().manual_seed(1))
+    b = module.sample(64, steps=3, generator=torch.Generator().manual_seed(1))
+    c = module.sample(64, steps=3, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(torch.get_rng_state(), state)  # sampling left torch's own stream alone
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert (a - c).abs().max() > 0.1
+
+
+def test_sampling_starts_at_the_largest_training_time():
+    """Training never sees t above sigma_max / (1 + sigma_max) = 80/81: sampling starts there, from
+    t_max e (EDM's x_T = sigma_max e on our path), and never queries the net above it."""
+    module = _ct_module()
+    module.net = _Recording(module.net)
+    g = torch.Generator().manual_seed(0)
+    e = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
+    states = module.sample_trajectory(16, steps=2, generator=g)
+    torch.testing.assert_close(states[0], 80 / 81 * e)
+    times = torch.cat([c["t"] for c in module.net.calls])
+    assert times.max().item() == pytest.approx(80 / 81)
+    assert module.objective.times(10).max().item() == pytest.approx(80 / 81)

@@ -1,0 +1,60 @@
+"""Sampling in plain torch: the K-step chain of an objective's jumps, from source samples to data.
+
+Every function takes the network, the objective it was trained with (which knows its jump and
+where sampling starts) and explicit starts; randomness comes only from the ``generator`` passed
+in, never from torch's global generator, so samples are reproducible and drawing them leaves
+training's random stream alone. ``MeanFlowModule.sample`` and its relatives, the callbacks,
+``evaluate`` and the notebooks all go through here.
+"""
+
+import torch
+from torch import nn
+
+from mmf_lightning.objectives.base import Objective
+
+
+def time_grid(steps: int, t_max: float = 1.0, device=None) -> torch.Tensor:
+    """The sampling grid t_k = t_max (1 - k / steps), k = 0..steps: (steps + 1,), from t_max down to 0."""
+    if steps < 1:
+        raise ValueError(f"need steps >= 1, got {steps}")
+    return torch.linspace(t_max, 0.0, steps + 1, device=device)
+
+
+@torch.no_grad()
+def trajectory(
+    net: nn.Module,
+    objective: Objective,
+    e: torch.Tensor,
+    steps: int = 1,
+    y: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Every state of the K-step chain from source samples ``e`` (N, *D): (K + 1, N, *D).
+
+    The first state is ``objective.start(e)`` at t_max (e itself for the MeanFlow objectives,
+    whose one step is x = e - u(e, 0, 1)); each next one is ``objective.jump`` to the next time
+    of ``time_grid``. The last state is the sample. ``y``: labels (N,) for a class-conditional net.
+    """
+    grid = time_grid(steps, objective.t_max, e.device)
+    n = e.shape[0]
+    z = objective.start(e)
+    states = [z]
+    for k in range(steps):
+        t, r = (torch.full((n,), float(s), device=e.device) for s in grid[k : k + 2])
+        z = objective.jump(net, z, r, t, y, generator=generator)
+        states.append(z)
+    return torch.stack(states)
+
+
+@torch.no_grad()
+def data_predictions(
+    net: nn.Module, objective: Objective, states: torch.Tensor, y: torch.Tensor | None = None
+) -> torch.Tensor:
+    """One jump from each state of a K-step chain (K + 1, N, *D) straight to t = 0:
+    x_hat_k = jump(z_{t_k}, t_k -> 0) for k < K, and x_hat_K = z_K. Same shape.
+    For an exact flow map every x_hat_k is the same point (docs/metrics.md, D_path)."""
+    steps, n = states.shape[0] - 1, states.shape[1]
+    grid = time_grid(steps, objective.t_max, states.device)
+    zero = torch.zeros(n, device=states.device)
+    jumps = [objective.jump(net, states[k], zero, torch.full_like(zero, grid[k]), y) for k in range(steps)]
+    return torch.stack([*jumps, states[-1]])
