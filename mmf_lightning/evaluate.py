@@ -1,19 +1,22 @@
 """``python -m mmf_lightning evaluate CKPT [CKPT ...]``: the paper's metrics for each checkpoint,
 written as JSON, as markdown in the layout of the paper's Tables 2 and 3, and as bar charts.
 
-Each checkpoint is evaluated with the data and FID protocol of its run (the ``config.yaml`` that
-``fit`` saved beside its ``checkpoints/`` folder, or ``--config``). ``--devices N`` runs N
-processes (Lightning Fabric, DDP): the samples are split across them and the numbers are the
-same as on one (docs/metrics.md).
+Each checkpoint is evaluated with the data and FID protocol of its run: the ``config.yaml`` that
+``fit`` saved beside its ``checkpoints/`` folder, or ``--config`` when given (which then replaces
+it). ``--data`` evaluates on other data (e.g. a shifted set, paper section 5.4): it replaces the
+config's ``data:`` section, and the FID reference statistics are those of that data.
+``--devices N`` runs N processes (Lightning Fabric, DDP): the samples are split across them and
+the numbers are the same as on one (docs/metrics.md).
 """
 
 import argparse
 import json
+from argparse import ArgumentError
 from pathlib import Path
 
 import yaml
 
-from mmf_lightning.metrics.evaluation import EvaluationSettings, evaluate_model
+from mmf_lightning.metrics.evaluation import EvaluationSettings, evaluate_model, truth_protocol
 from mmf_lightning.metrics.ranks import Ranks
 from mmf_lightning.plots import save_metrics_figure
 
@@ -52,7 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ckpt_path", nargs="+", help="checkpoints written by `fit` (e.g. the runs of a sweep)")
     p.add_argument("--output", default="evaluation", help="folder for evaluation.json and evaluation.md")
     p.add_argument("--names", nargs="+", help="row names, one per checkpoint (default: the run folders)")
-    p.add_argument("--config", help="run config for checkpoints without a config.yaml beside their run")
+    p.add_argument(
+        "--config",
+        help="a run config to use instead of the config.yaml beside each checkpoint's run (required for checkpoints "
+        "outside a run folder)",
+    )
+    p.add_argument(
+        "--data",
+        help="evaluate on this data instead of the config's (e.g. a shifted set): a YAML file of a `data:` section "
+        "(class_path, init_args) or a class path; refine it, or the run's data, with --data.init_args.KEY=VALUE",
+    )
     p.add_argument("--num_samples", type=int, default=1000, help="samples for path metrics and LPIPS")
     p.add_argument("--steps", type=int, default=16, help="K: the many-step reference and the path grid")
     p.add_argument("--batch_size", type=int, default=250)
@@ -68,16 +80,84 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run_config(ckpt: Path, fallback: str | None) -> tuple[dict, Path]:
-    """The config ``fit`` saved for the run of ``ckpt`` (``<run>/config.yaml`` beside
-    ``<run>/checkpoints/``), else ``fallback``."""
-    candidates = [ckpt.parent.parent / "config.yaml"] if ckpt.parent.name == "checkpoints" else []
-    candidates += [Path(fallback)] if fallback else []
-    for path in candidates:
-        if path.is_file():
-            return yaml.safe_load(path.read_text()), path
-    looked = ", ".join(map(str, candidates)) or "nowhere (the checkpoint is not in a run's checkpoints/ folder)"
-    raise FileNotFoundError(f"no run config for {ckpt}: looked at {looked}; pass --config with the run's config.yaml")
+DATA_OVERRIDE = "--data."
+
+
+def run_config(ckpt: Path, explicit: str | None) -> tuple[dict, Path]:
+    """``explicit`` (``--config``) when given, else the config ``fit`` saved for the run of ``ckpt``
+    (``<run>/config.yaml`` beside ``<run>/checkpoints/``). Sections given as relative paths
+    (``data: ../presets/data_digits.yaml`` in configs/) are resolved against the config's folder."""
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise FileNotFoundError(f"--config {path} does not exist; pass a run's config.yaml or a file of configs/")
+    else:
+        path = ckpt.parent.parent / "config.yaml"
+        if ckpt.parent.name != "checkpoints" or not path.is_file():
+            looked = path if ckpt.parent.name == "checkpoints" else "nowhere (not in a run's checkpoints/ folder)"
+            raise FileNotFoundError(
+                f"no run config for {ckpt}: looked at {looked}; pass --config with the run's config.yaml"
+            )
+    config = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} is not a config (a YAML mapping with a `data:` section)")
+    for key in ("data", "fid"):
+        value = config.get(key)
+        if isinstance(value, str) and (path.parent / value).is_file():
+            config[key] = str((path.parent / value).resolve())
+    return config, path
+
+
+def data_section(base: str | dict, overrides: list[str]) -> dict:
+    """The ``data:`` section {class_path, init_args} given by ``base`` (a YAML file of the section
+    or of a whole config with one, a class path, or a section as a dict) with the
+    ``--data.KEY=VALUE`` ``overrides`` applied, jsonargparse-style."""
+    import lightning as L
+    from jsonargparse import ArgumentParser
+
+    if isinstance(base, str) and base.endswith((".yaml", ".yml")) and Path(base).is_file():
+        loaded = yaml.safe_load(Path(base).read_text())
+        if isinstance(loaded, dict) and "class_path" not in loaded and "data" in loaded:  # a whole config
+            base = run_config(Path(base), base)[0]["data"]
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(L.LightningDataModule, "data", required=True)
+    value = base if isinstance(base, str) else json.dumps(base)
+    section = parser.parse_args(["--data", value, *overrides]).data.as_dict()
+    section.pop("__path__", None)
+    return section
+
+
+def data_overrides(rest: list[str]) -> tuple[list[str], list[str]]:
+    """Split the arguments argparse did not know into ``--data.KEY=VALUE`` overrides and the rest."""
+    overrides = [a for a in rest if a.startswith(DATA_OVERRIDE) and "=" in a]
+    return overrides, [a for a in rest if a not in overrides]
+
+
+def describe_data(section: dict) -> str:
+    """``Class(key=value, ...)`` without the loader settings, for the report."""
+    loader = {"batch_size", "num_workers", "persistent_workers", "pin_memory"}
+    args = section.get("init_args") or {}
+    inner = ", ".join(f"{k}={v}" for k, v in args.items() if k not in loader)
+    return f"{str(section.get('class_path', '?')).rsplit('.', 1)[-1]}({inner})"
+
+
+def reference_name(datamodule, split: str) -> str:
+    """The FID reference set, for the report: the DataModule's ``reference_name(split)`` (a shifted
+    set names its kind and severity), else its class and split."""
+    name = getattr(datamodule, "reference_name", None)
+    return name(split) if callable(name) else f"{type(datamodule).__name__}, {split} split"
+
+
+def check_data(module, datamodule, ckpt: Path, data_from: str) -> str | None:
+    """Why ``module`` cannot be evaluated on ``datamodule``, or None."""
+    shape = getattr(datamodule, "data_shape", None)
+    if shape is not None and tuple(shape) != tuple(module.data_shape):
+        return (
+            f"checkpoint {ckpt} has a network for data of shape {tuple(module.data_shape)} but the data of "
+            f"{data_from} ({type(datamodule).__name__}) has shape {tuple(shape)}; evaluate it on data of the task it "
+            "was trained on (--config, --data)"
+        )
+    return None
 
 
 def instantiate_run(config: dict, with_fid: bool, fid_num_samples: int | None):
@@ -130,9 +210,25 @@ def markdown(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(p for p in parts if p)
 
 
+def data_notes(records: dict[str, dict]) -> str:
+    """What each row was evaluated on, and what was not computed and why."""
+    lines = ["### Data", "", "| Model | Evaluated on | FID reference |", "|---|---|---|"]
+    for name, record in records.items():
+        reference = (record.get("fid_protocol") or {}).get("reference", "–")
+        lines.append(f"| {name} | {record['description']} (from {record['from']}) | {reference} |")
+    notes = [f"- {name}: trajectory-truth metrics (path_error, end_error, one_step_error_truth) {r['trajectory_truth']}"
+             for name, r in records.items() if "trajectory_truth" in r]  # fmt: skip
+    return "\n" + "\n".join(lines) + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else "")
+
+
 def evaluate_main(argv: list[str]) -> dict:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    overrides, rest = data_overrides(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)} (data options are written --data.init_args.KEY=VALUE)")
+    if args.data and args.data.endswith((".yaml", ".yml")) and not Path(args.data).is_file():
+        parser.error(f"--data {args.data} does not exist; pass a YAML file of a `data:` section, or a class path")
     ckpts = [Path(c) for c in args.ckpt_path]
     for ckpt in ckpts:
         if not ckpt.is_file():
@@ -159,10 +255,22 @@ def evaluate_main(argv: list[str]) -> dict:
     )
 
     # everything that can fail (configs, data, weights) fails here, before any checkpoint is evaluated
-    runs, default_names = [], []
+    runs, default_names, data = [], [], {}
     for ckpt in ckpts:
-        config, config_path = run_config(ckpt, args.config)
-        datamodule, fid = instantiate_run(config, args.fid == "run", args.fid_num_samples)
+        try:
+            config, config_path = run_config(ckpt, args.config)
+            data_from = f"--data {args.data}" if args.data else str(config_path)
+            if args.data or overrides:
+                config = {**config, "data": data_section(args.data or config.get("data"), overrides)}
+                data_from += f" {' '.join(overrides)}" if overrides else ""
+            datamodule, fid = instantiate_run(config, args.fid == "run", args.fid_num_samples)
+        except (FileNotFoundError, ValueError, ArgumentError) as err:
+            parser.error(f"{ckpt}: {err}".replace("\n", " "))
+        problem = check_data(MeanFlowModule.load_from_checkpoint(ckpt, map_location="cpu"), datamodule, ckpt, data_from)
+        if problem:
+            parser.error(problem)
+        section = config["data"] if isinstance(config["data"], dict) else data_section(config["data"], [])
+        data[ckpt] = {"from": data_from, "data": section, "description": describe_data(section)}
         runs.append((ckpt, config_path, datamodule, fid))
         default_names.append(row_name(ckpt, config))
     names = args.names or default_names
@@ -188,12 +296,16 @@ def evaluate_main(argv: list[str]) -> dict:
         variance = module.loss_variance()
         metrics["loss_variance"] = float(variance) if variance is not None else None
         results[name] = metrics
-        records[name] = {"checkpoint": str(ckpt), "config": str(config_path), "metrics": metrics}
+        records[name] = {"checkpoint": str(ckpt), "config": str(config_path), **data[ckpt], "metrics": metrics}
+        kind, note = truth_protocol(datamodule)
+        if note is not None:
+            records[name]["trajectory_truth"] = note if kind is None else f"computed on {note}"
         if fid is not None:
             records[name]["fid_protocol"] = {
                 "num_samples": fid.num_samples,
                 "steps": list(fid.steps),
                 "reference_split": fid.reference_split,
+                "reference": reference_name(datamodule, fid.reference_split),
                 "feature_extractor": type(fid.extractor).__name__,
             }
     if ranks.is_zero:
@@ -201,7 +313,7 @@ def evaluate_main(argv: list[str]) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         report = {"settings": vars(settings), "devices": fabric.world_size, "runs": records}
         (out / "evaluation.json").write_text(json.dumps(report, indent=2))
-        table = markdown(results)
+        table = markdown(results) + data_notes(records)
         (out / "evaluation.md").write_text(
             f"# Evaluation\n\n{len(results)} checkpoint(s); definitions in docs/metrics.md; settings: "
             f"{json.dumps(vars(settings))}\n\n{table}"

@@ -38,13 +38,14 @@ def unpack_batch(batch: Any) -> dict:
 
 
 def batch_dict(batch: Any) -> dict:
-    """A batch as the dict every DataModule yields (a bare tensor is {"x"}, a pair {"x", "y"})."""
+    """A batch as the dict every DataModule yields (a bare tensor or (x,) is {"x"}, a pair {"x", "y"})."""
     if isinstance(batch, torch.Tensor):
         batch = {"x": batch}
-    elif isinstance(batch, (list, tuple)) and len(batch) == 2:
-        batch = {"x": batch[0], "y": batch[1]}
+    elif isinstance(batch, (list, tuple)) and len(batch) in (1, 2):  # TensorDataset's (x,) or (x, y)
+        batch = dict(zip(("x", "y"), batch))
     if not isinstance(batch, dict) or "x" not in batch:
-        raise TypeError(f"a batch must be a dict with key 'x', a tensor or an (x, y) pair, got {type(batch).__name__}")
+        kind = type(batch).__name__
+        raise TypeError(f"a batch must be a dict with key 'x', a tensor, (x,) or an (x, y) pair, got {kind}")
     return batch
 
 

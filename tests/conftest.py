@@ -19,14 +19,19 @@ os.environ["MMF_LIGHTNING_OFFLINE"] = "1"  # nothing downloads in the suite: mis
 @pytest.fixture(scope="session")
 def torch_home_with_alexnet(tmp_path_factory):
     """A $TORCH_HOME whose hub cache holds an AlexNet weights file under torchvision's name,
-    untrained (the real file cannot be downloaded here): LPIPS loads it through its real path."""
+    untrained (the real file cannot be downloaded here): LPIPS loads it through its real path.
+    Its digest is not the pinned one, so the file is declared trusted the documented way
+    ($MMF_LIGHTNING_TRUST_WEIGHTS, inherited by the CLI subprocesses); the default refusal of
+    such a file is tested in tests/metrics/test_weights.py."""
     import torchvision
 
-    from mmf_lightning.metrics.weights import WEIGHTS
+    from mmf_lightning.metrics.weights import TRUST_ENV, WEIGHTS
 
     home = tmp_path_factory.mktemp("torch_home")
     target = home / "hub" / "checkpoints" / WEIGHTS["alexnet"][0].rsplit("/", 1)[-1]
     target.parent.mkdir(parents=True)
     torch.manual_seed(0)
     torch.save(torchvision.models.alexnet().state_dict(), target)
+    trusted = [p for p in os.environ.get(TRUST_ENV, "").split(os.pathsep) if p]
+    os.environ[TRUST_ENV] = os.pathsep.join([*trusted, str(target)])
     return home

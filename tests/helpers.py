@@ -57,9 +57,6 @@ class SmallImages(L.LightningDataModule):
     def reference_set(self, split="train"):
         return _Images(64, self.data_shape, self.num_classes, 0) if split == "train" else self.val_set
 
-    def reference_key(self, split="train"):
-        return f"SmallImages(split={split}, size={'x'.join(map(str, self.data_shape))})"
-
     def val_dataloader(self):
         return DataLoader(self.val_set, batch_size=self.batch_size)
 

@@ -385,13 +385,35 @@ def test_evaluate_names_bad_input(args, match, tmp_path, capsys):
     assert re.search(match, str(info.value) + capsys.readouterr().err)
 
 
-def test_download_weights_keeps_what_is_there_and_names_what_is_missing(tmp_path, capsys):
+def test_download_weights_keeps_what_is_there_and_names_what_is_missing(tmp_path, capsys, monkeypatch):
+    import hashlib
+
+    from mmf_lightning.metrics import weights
     from mmf_lightning.metrics.weights import WEIGHTS
 
     files = {name: tmp_path / url.rsplit("/", 1)[-1] for name, (url, _) in WEIGHTS.items()}
     files["alexnet"].write_bytes(b"staged")
+    # a staged file passes verification against its pin (here the digest of the staged bytes)
+    monkeypatch.setitem(weights.SHA256_PREFIX, "alexnet", hashlib.sha256(b"staged").hexdigest()[:8])
+    monkeypatch.setattr(weights, "VERIFIED_RECORD", tmp_path / "verified.json")
+    monkeypatch.setattr(weights, "_verified", {})
     with pytest.raises(SystemExit, match=r"inception-2015-12-05-6726825d.pth.*downloads are off"):
         main(["download-weights", "--dir", str(tmp_path)])  # MMF_LIGHTNING_OFFLINE=1 in the suite
     main(["download-weights", "--dir", str(tmp_path), "--only", "alexnet"])
     assert f"present, {files['alexnet']}" in capsys.readouterr().out
     assert files["alexnet"].read_bytes() == b"staged"
+
+
+def test_the_readme_evaluate_glob_matches_where_cifar10_runs_land(tmp_path, monkeypatch, torch_home_with_alexnet):
+    """README: `evaluate runs/cifar10/*/version_0/checkpoints/last.ckpt`; the trainer preset's own paths."""
+    monkeypatch.setenv("TORCH_HOME", str(torch_home_with_alexnet))
+    monkeypatch.chdir(tmp_path)
+    readme = (ROOT / "README.md").read_text()
+    pattern = re.search(r"evaluate (runs/cifar10/\S+last\.ckpt)", readme).group(1)
+    args = ["fit", "--config", str(ROOT / "configs/cifar10/mmf_lambda1.yaml"), "--trainer.max_steps=2",
+            "--trainer.enable_progress_bar=false", "--trainer.limit_val_batches=0",
+            f"--fid.init_args.cache_dir={tmp_path / 'fid'}", *STAND_INS["cifar10"], *SMALL_UNET]  # fmt: skip
+    MMFLightningCLI(args=args)
+    assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.glob(pattern)] == [
+        "runs/cifar10/mmf_lambda1/version_0/checkpoints/last.ckpt"
+    ]

@@ -6,7 +6,16 @@ from tqdm.auto import tqdm
 
 from mmf_lightning.callbacks.validation_metric import ValidationMetric, lightning_ranks
 from mmf_lightning.metrics.features import freeze, inception_v3, to_uint8
-from mmf_lightning.metrics.fid import cache_path, feature_statistics, make_fid, set_real_statistics
+from mmf_lightning.metrics.fid import (
+    cache_file,
+    cache_key,
+    feature_statistics,
+    load_statistics,
+    make_fid,
+    reference_key,
+    save_statistics,
+    set_real_statistics,
+)
 from mmf_lightning.metrics.ranks import SINGLE, Ranks
 
 
@@ -29,8 +38,9 @@ class FID(ValidationMetric):
             None is InceptionV3 pool3, 2048-d, resized as torch-fidelity does.
         feature_extractor_weights_path: the Inception weights file (else the torch hub cache).
         batch_size: generation and feature batch size.
-        cache_dir: where reference statistics are kept, keyed by dataset, split, resolution
-            and extractor.
+        cache_dir: where reference statistics are kept, keyed by what they are computed from: the
+            reference set's fingerprint (length and contents, or its files' names, sizes and
+            mtimes) and the extractor's class and weights.
         seed: the samples' seed.
     """
 
@@ -93,24 +103,24 @@ class FID(ValidationMetric):
             set_real_statistics(fid, stats, ranks.rank)
             self.metrics[k] = fid
 
-    def _reference_statistics(self, dm, device, ranks: Ranks) -> dict:
-        path = cache_path(self.cache_dir, dm.reference_key(self.reference_split), self.extractor)
-        if path.is_file():
-            return {k: v.to(device) for k, v in torch.load(path, map_location="cpu", weights_only=True).items()}
-        stats = feature_statistics(
-            self.extractor,
-            dm.reference_set(self.reference_split),
-            self.batch_size,
-            device,
-            ranks.rank,
-            ranks.world_size,
-        )
+    def _reference_statistics(self, dm, device, ranks: Ranks) -> dict | None:
+        """The reference statistics on rank 0 (None elsewhere once cached). Rank 0 fingerprints the
+        reference set and looks in the cache; one sum tells every rank whether it found them, so
+        all ranks load or all compute (a cache written meanwhile by another run cannot split them)."""
+        dataset = dm.reference_set(self.reference_split)
+        stats = key = path = None
+        if ranks.is_zero:
+            dataset_key = reference_key(dm, self.reference_split, dataset)
+            key = cache_key(dataset_key, self.extractor)
+            path = cache_file(self.cache_dir, key)
+            stats = load_statistics(path, key)
+        found = ranks.all_sum(torch.tensor(0.0 if stats is None else 1.0, device=device))
+        if float(found) > 0:
+            return {k: v.to(device) for k, v in stats.items()} if stats is not None else None
+        stats = feature_statistics(self.extractor, dataset, self.batch_size, device, ranks.rank, ranks.world_size)
         stats = {k: ranks.all_sum(v) for k, v in stats.items()}
         if ranks.is_zero:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".partial")
-            torch.save({k: v.cpu() for k, v in stats.items()}, tmp)
-            tmp.replace(path)
+            save_statistics(path, key, stats)
         ranks.barrier()
         return stats
 

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset, Subset
 
 from mmf_lightning.data.base import DataModuleBase
 from mmf_lightning.data.subsets import balanced_subset, check_fraction
+from mmf_lightning.files import atomic_write, file_lock
 
 
 def to_unit_range(x: torch.Tensor) -> torch.Tensor:
@@ -103,17 +104,12 @@ class ImageDataModule(DataModuleBase):
 
     def reference_set(self, split: str = "train") -> Dataset:
         """The whole ``split`` ("train" or "val") without augmentation or subsetting: the
-        reference images of FID."""
+        reference images of FID (whose statistics are cached under a fingerprint of this set's
+        contents, ``metrics.fingerprint``)."""
         if split not in ("train", "val"):
             raise ValueError(f"reference split must be 'train' or 'val', got {split!r}")
         base = self._splits()[0 if split == "train" else 1]
         return LabelledImages(base, image_transform(False, False, self.image_size))
-
-    def reference_key(self, split: str = "train") -> str:
-        """What identifies the reference images, for caches of their statistics."""
-        root = getattr(self, "root", None)
-        where = f"root={Path(root).resolve()}, " if root is not None else ""
-        return f"{type(self).__name__}({where}split={split}, size={'x'.join(map(str, self.data_shape))})"
 
     def setup(self, stage: str | None = None) -> None:
         train, val = self._splits()
@@ -220,8 +216,9 @@ class ImageNet64DataModule(ImageDataModule):
 
     ``format="npz"``: the published batches ``train_data_batch_1.npz`` ... ``train_data_batch_10.npz``
     and ``val_data.npz`` in ``root`` (arrays ``data`` (N, 12288) uint8, channel-major, and
-    ``labels`` 1..1000). On first use they are joined into ``root/cache/{train,val}_{images,labels}.npy``
-    (about 16 GB for train), which later runs memory-map instead of loading.
+    ``labels`` 1..1000). ``prepare_data`` (once per node, before ``setup``) joins them into
+    ``root/cache/{train,val}_{images,labels}.npy`` (about 16 GB for train), which every rank and
+    every later run memory-maps instead of loading.
     ``format="folder"``: ``root/train/<class>/*.png`` and ``root/val/<class>/*.png`` (any image
     files), resized to 64.
     """
@@ -242,19 +239,61 @@ class ImageNet64DataModule(ImageDataModule):
             return (image_folder(self.root / "train", verify=False), image_folder(self.root / "val", verify=False))
         return self._npz_split("train"), self._npz_split("val")
 
-    def _npz_split(self, split: str) -> ArrayImages:
+    def prepare_data(self) -> None:
+        """``format="npz"``: joins the batches into the memory-mapped cache, once. Lightning calls
+        this on one process per node (local rank 0) and holds the others at a barrier; a lock
+        makes two nodes sharing the disk, or a second job, wait for the first instead of building
+        it again."""
+        if self.format == "npz":
+            for split in ("train", "val"):
+                self._build_npy_cache(split)
+
+    def _cache_files(self, split: str) -> tuple[Path, Path]:
         cache = self.root / "cache"
-        images_npy, labels_npy = cache / f"{split}_images.npy", cache / f"{split}_labels.npy"
+        return cache / f"{split}_images.npy", cache / f"{split}_labels.npy"
+
+    def _build_npy_cache(self, split: str) -> None:
+        images_npy, labels_npy = self._cache_files(split)
+        if images_npy.is_file() and labels_npy.is_file():
+            return
+        self._npz_files(split)  # missing batches: the error names them, before any folder is made
+        with file_lock(images_npy):
+            if images_npy.is_file() and labels_npy.is_file():  # built by another process meanwhile
+                return
+            self._write_npy_cache(split)
+
+    def _write_npy_cache(self, split: str) -> None:
+        """Copies the batches one at a time into a memory-mapped ``.npy`` (peak memory: one batch,
+        not the 16 GB split), each file under a temporary name of its own, then renamed."""
+        from tqdm.auto import tqdm
+
+        images_npy, labels_npy = self._cache_files(split)
+        files = self._npz_files(split)
+        labels = [self._read_batch(f, "labels") for f in files]
+        total = sum(len(lab) for lab in labels)
+        with atomic_write(images_npy) as tmp:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(total, 3, 64, 64))
+            start = 0
+            for f, lab in tqdm(list(zip(files, labels)), desc=f"ImageNet-64 {split} cache", unit="batch"):
+                data = self._read_batch(f, "data")
+                if data.ndim != 2 or data.shape[1] != 3 * 64 * 64 or len(lab) != len(data):
+                    raise ValueError(f"{f}: expected data (N, 12288) and N labels, got {data.shape} and {len(lab)}")
+                out[start : start + len(data)] = data.reshape(-1, 3, 64, 64)
+                start += len(data)
+            out.flush()
+            del out
+        with atomic_write(labels_npy) as tmp, open(tmp, "wb") as f:
+            np.save(f, np.concatenate([np.asarray(lab, dtype=np.int64) - 1 for lab in labels]))  # classes from 1
+
+    def _npz_split(self, split: str) -> ArrayImages:
+        """The split, memory-mapped from the cache. Without ``prepare_data`` before (a notebook,
+        ``evaluate``), the cache is built here, under the same lock."""
+        images_npy, labels_npy = self._cache_files(split)
         if not (images_npy.is_file() and labels_npy.is_file()):
-            images, labels = self._read_npz(split)
-            cache.mkdir(parents=True, exist_ok=True)
-            for path, arr in ((images_npy, images), (labels_npy, labels)):
-                tmp = path.with_suffix(".tmp.npy")
-                np.save(tmp, arr)
-                tmp.replace(path)  # a crash never leaves a half-written cache behind
+            self._build_npy_cache(split)
         return ArrayImages(np.load(images_npy, mmap_mode="r"), np.load(labels_npy))
 
-    def _read_npz(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+    def _npz_files(self, split: str) -> list[Path]:
         pattern = "train_data_batch_*.npz" if split == "train" else "val_data.npz"
         files = sorted(self.root.glob(pattern), key=lambda p: int(p.stem.rsplit("_", 1)[-1]) if split == "train" else 0)
         if not files:
@@ -264,18 +303,15 @@ class ImageNet64DataModule(ImageDataModule):
                 "Download Imagenet64_train_part1/2_npz and Imagenet64_val_npz from image-net.org "
                 "(downsampled ImageNet) and extract them there, or use format: folder",
             )
-        images, labels = [], []
-        for f in files:
-            try:
-                with np.load(f) as batch:
-                    data, lab = batch["data"], batch["labels"]
-            except Exception as err:  # BadZipFile, EOFError, KeyError, ValueError: all mean "not a good batch"
-                raise ValueError(f"{f} is truncated or not an ImageNet-64 batch ({err!r}); download it again") from err
-            if data.ndim != 2 or data.shape[1] != 3 * 64 * 64 or len(lab) != len(data):
-                raise ValueError(f"{f}: expected data (N, 12288) and N labels, got {data.shape} and {len(lab)}")
-            images.append(data.reshape(-1, 3, 64, 64))
-            labels.append(np.asarray(lab, dtype=np.int64) - 1)  # the files count classes from 1
-        return np.concatenate(images), np.concatenate(labels)
+        return files
+
+    @staticmethod
+    def _read_batch(f: Path, key: str) -> np.ndarray:
+        try:
+            with np.load(f) as batch:
+                return batch[key]
+        except Exception as err:  # BadZipFile, EOFError, KeyError, ValueError: all mean "not a good batch"
+            raise ValueError(f"{f} is truncated or not an ImageNet-64 batch ({err!r}); download it again") from err
 
     def _train_labels(self, train):
         return train.labels if isinstance(train, ArrayImages) else train.targets

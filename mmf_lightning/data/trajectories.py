@@ -125,6 +125,13 @@ class TrajectoryDataModule(DataModuleBase):
         states, velocities = self.physical_trajectories(x1.detach().double().cpu().numpy())
         return torch.from_numpy(states).float().transpose(0, 1)
 
+    def truth_protocol(self) -> tuple[str | None, str]:
+        """How the model's trajectories are judged against the truth (``metrics.evaluation``):
+        ("starts", note): ``ground_truth`` gives the true path of any start, so the model's own
+        starts are judged; ("held_out", note): ``held_out_paths`` gives trajectories held out of
+        training, judged from their starts; (None, why not): no truth to judge against."""
+        return "starts", f"fresh starts from {self.source!r} against the true dynamics on the task's grid"
+
     def _trajectories(self, n: int, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
         g = torch.Generator().manual_seed(self.seed + offset)
         x1 = self.source.sample(n, self.data_shape, g).double().numpy()
@@ -217,7 +224,12 @@ class PointMassDataModule(TrajectoryDataModule):
 class NpzTrajectoryDataModule(TrajectoryDataModule):
     """Your own trajectories: an .npz with ``states`` (N, K + 1, D) on a uniform grid from x1 (s = 0)
     to x0 (s = T) and optionally ``velocities`` dx/ds (else central differences). Starts are the
-    data's own, so ``source`` only records what the model samples from."""
+    data's own, so ``source`` only records what the model samples from.
+
+    There is no ground truth for new starts: the metrics against the truth (``path_error``,
+    ``end_error``, ``one_step_error_truth``) judge the model from the starts of the ``val_fraction``
+    held-out trajectories against those trajectories (``held_out_paths``), and are skipped, with
+    a note in the report, when ``val_fraction`` is 0."""
 
     def __init__(self, file: str, val_fraction: float = 0.1, **kwargs):
         super().__init__(**kwargs)
@@ -248,14 +260,41 @@ class NpzTrajectoryDataModule(TrajectoryDataModule):
         return states, velocities
 
     def physical_trajectories(self, x1):
-        raise NotImplementedError(f"{self.file} holds fixed trajectories; there is no ground truth for new starts")
+        raise NotImplementedError(
+            f"{self.file} holds fixed trajectories; there is no ground truth for new starts (its held-out "
+            "trajectories are the truth: held_out_paths)"
+        )
+
+    def _split(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(train indices, held-out indices) of the file's trajectories: a permutation by ``seed``."""
+        n = len(self._states)
+        n_val = int(round(self.val_fraction * n))
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+        return perm[n_val:], perm[:n_val]
+
+    def held_out_paths(self) -> torch.Tensor:
+        """The held-out (validation) trajectories, ordered like ``trajectory_from`` (t = 1 to t = 0,
+        x1 first): (K + 1, N_val, D). Their starts x1 are known and their paths are the truth."""
+        return torch.from_numpy(self._states[self._split()[1].numpy()]).float().transpose(0, 1)
+
+    def truth_protocol(self) -> tuple[str | None, str]:
+        n_val = len(self._split()[1])
+        if n_val == 0:
+            return None, (
+                f"not computed: {self.file} holds fixed trajectories, so there is no ground truth for new starts, "
+                f"and val_fraction={self.val_fraction} holds none out to judge against; set val_fraction > 0"
+            )
+        return "held_out", (
+            f"the {n_val} held-out trajectories of {self.file} (val_fraction={self.val_fraction}, seed={self.seed}), "
+            "from their own starts: the file has no ground truth for new starts"
+        )
 
     def setup(self, stage: str | None = None) -> None:
         states, velocities = to_path_time(self._states, self._velocities, self.horizon)
         states, velocities = torch.from_numpy(states).float(), torch.from_numpy(velocities).float()
-        n_val = int(round(self.val_fraction * len(states)))
-        perm = torch.randperm(len(states), generator=torch.Generator().manual_seed(self.seed))
-        for name, idx in (("train_set", perm[n_val:]), ("val_set", perm[:n_val] if n_val else perm[:1])):
+        train, val = self._split()
+        # without a held-out set, validation (its loss) reads one training trajectory
+        for name, idx in (("train_set", train), ("val_set", val if len(val) else train[:1])):
             s, v = states[idx], velocities[idx]
             extra = {"path": s, "path_velocity": v} if self.supervision == "path" else {}
             setattr(self, name, DictDataset(x=s[:, 0], e=s[:, -1], **extra))

@@ -8,12 +8,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmf_lightning.files import atomic_write, file_lock
+
 
 class DigitsClassifier(nn.Module):
     """uint8 images (N, C, H, W), any size and C in {1, 3} -> 64-d features.
 
     Args:
-        weights_path: trained weights; trained (about 10 s on a CPU) and saved there when missing.
+        weights_path: trained weights; trained (about 10 s on a CPU) and saved there when missing,
+            by one process (a lock beside the file): the others wait and load it.
     """
 
     num_features = 64
@@ -26,14 +29,15 @@ class DigitsClassifier(nn.Module):
         )  # fmt: skip
         self.head = nn.Linear(64, 10)
         path = Path(weights_path).expanduser()
-        if path.is_file():
-            self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        else:
-            self._train()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".partial")
-            torch.save(self.state_dict(), tmp)
-            tmp.replace(path)
+        if not path.is_file():
+            # DDP ranks, or jobs sharing the file, start together: the first trains, the others wait
+            # for its file; the file is written under a name of its own and renamed into place
+            with file_lock(path):
+                if not path.is_file():
+                    self._train()
+                    with atomic_write(path) as tmp:
+                        torch.save(self.state_dict(), tmp)
+        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         self.requires_grad_(False)
         self.eval()
 

@@ -4,8 +4,8 @@ the low-dimensional tasks. Definitions and the reasons for them: docs/metrics.md
 Plain torch. Samples come in blocks seeded by their index (``metrics.ranks``), each rank draws its
 own blocks, and per-sample values are summed over ranks: one process or many give the same
 numbers. ``module`` is a MeanFlowModule (or anything with its sampling methods); ``datamodule``
-is asked only for what it has: ``reference_samples`` (low-dimensional data) and ``ground_truth``
-(trajectory tasks).
+is asked only for what it has: ``reference_samples`` (low-dimensional data) and
+``truth_protocol`` with ``ground_truth`` or ``held_out_paths`` (trajectory tasks).
 """
 
 import statistics
@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mmf_lightning.metrics.distances import energy_distance, sliced_wasserstein
-from mmf_lightning.metrics.ranks import SINGLE, Ranks, Sums
+from mmf_lightning.metrics.ranks import SINGLE, Ranks, Sums, float64
 
 
 @dataclass
@@ -55,7 +55,7 @@ class EvaluationSettings:
 
 def mean_square(a: torch.Tensor) -> torch.Tensor:
     """Per-sample mean squared entry: (N, ...) -> (N,), in float64."""
-    return a.flatten(1).double().square().mean(1)
+    return float64(a.flatten(1)).square().mean(1)
 
 
 def path_metrics(module, e: torch.Tensor, y, steps: int, lpips=None) -> dict[str, torch.Tensor]:
@@ -76,14 +76,26 @@ def path_metrics(module, e: torch.Tensor, y, steps: int, lpips=None) -> dict[str
     return out
 
 
-def truth_errors(module, datamodule, e: torch.Tensor, y) -> dict[str, torch.Tensor]:
+def truth_protocol(datamodule) -> tuple[str | None, str | None]:
+    """How a datamodule's trajectories are judged against the truth: ("starts", note) through
+    ``ground_truth`` of the model's own starts, ("held_out", note) through ``held_out_paths``,
+    (None, why not) for trajectory data without truth, (None, None) for other data. The note
+    goes into the report."""
+    describe = getattr(datamodule, "truth_protocol", None)
+    return describe() if callable(describe) else (None, None)
+
+
+def truth_errors(module, datamodule, e: torch.Tensor, y, truth: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Against the ground-truth paths of a trajectory task, on its own time grid: per-sample
     mean distance along the path, distance at the end, and the one-step sample's mean squared
-    error to the true end point. Each (N,)."""
-    truth = datamodule.ground_truth(e.cpu()).to(module.device)  # (K' + 1, N, D), t = 1 -> 0
+    error to the true end point. Each (N,). ``truth``: the true paths of starts ``e``
+    (K' + 1, N, D), t = 1 -> 0 (held-out trajectories); else ``datamodule.ground_truth(e)``."""
+    if truth is None:
+        truth = datamodule.ground_truth(e.cpu())
+    truth = truth.to(module.device)  # (K' + 1, N, D), t = 1 -> 0
     trajectory = module.trajectory_from(e, truth.shape[0] - 1, y)
     one_step = module.trajectory_from(e, 1, y)[-1]
-    distance = (trajectory.double() - truth.double()).flatten(2).norm(dim=-1)  # (K' + 1, N)
+    distance = (float64(trajectory) - float64(truth)).flatten(2).norm(dim=-1)  # (K' + 1, N)
     return {
         "path_error": distance.mean(0),
         "end_error": distance[-1],
@@ -140,17 +152,24 @@ def evaluate_model(
     rank 0 only (0.0 elsewhere) when ``settings.timing_repeats`` > 0.
     """
     sums = Sums()
-    with_truth = callable(getattr(datamodule, "ground_truth", None))
+    truth_kind, _ = truth_protocol(datamodule)
+    with_truth = truth_kind is not None
     blocks = ranks.seeded_blocks(settings.num_samples, settings.batch_size, settings.seed, module.device)
     for n, g in tqdm(blocks, desc="path metrics", disable=not (progress and ranks.is_zero), leave=False):
         e, y = module.draw_starts(n, None, g)
         for name, values in path_metrics(module, e, y, settings.steps, lpips).items():
             sums.add(name, values)
-        if with_truth:
+        if truth_kind == "starts":
             for name, values in truth_errors(module, datamodule, e, y).items():
                 sums.add(name, values)
         if lpips is not None:
             sums.add("lpips_diversity", lpips_diversity(module, lpips, n, g))
+    if truth_kind == "held_out":  # the first num_samples held-out trajectories, in blocks split across ranks
+        paths = datamodule.held_out_paths()[:, : settings.num_samples]
+        for b, n in ranks.blocks(paths.shape[1], settings.batch_size):
+            truth = paths[:, b * settings.batch_size : b * settings.batch_size + n]
+            for name, values in truth_errors(module, datamodule, truth[0].to(module.device), None, truth).items():
+                sums.add(name, values)
     names = ["one_step_error", "d_path", "smoothness"]
     names += ["path_error", "end_error", "one_step_error_truth"] if with_truth else []
     names += ["lpips_path", "lpips_diversity"] if lpips is not None else []

@@ -35,7 +35,8 @@ class RGB(nn.Module):
 
 def inception_v3(weights_path: str | None = None, allow_download: bool | None = None) -> nn.Module:
     """InceptionV3 pool3 features (2048-d) on uint8 images, resized to 299 with TF1-style bilinear
-    interpolation (``antialias=False``), as torch-fidelity and published FIDs do."""
+    interpolation (``antialias=False``), as torch-fidelity and published FIDs do. The weights file is
+    verified against its pinned digest before use (``metrics.weights``)."""
     from torchmetrics.image.fid import NoTrainInceptionV3
 
     path = resolve_weights("inception", weights_path, allow_download)

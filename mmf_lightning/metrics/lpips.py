@@ -2,7 +2,8 @@
 
 lpips ships its linear calibration layers but takes the AlexNet backbone from torchvision's
 download; here the backbone is built untrained (``pnet_rand``) and loaded from
-``resolve_weights("alexnet")``: the torch hub cache or an explicit file, never a silent download.
+``resolve_weights("alexnet")``: the torch hub cache or an explicit file, never a silent download,
+verified against the SHA-256 prefix torchvision's file name carries (``metrics.weights``).
 """
 
 import warnings

@@ -44,6 +44,11 @@ class Ranks:
         return [(n, block_generator(seed, b, device)) for b, n in self.blocks(num_samples, batch_size)]
 
 
+def float64(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float64 on its device, or on the CPU where the device has no float64 (Apple MPS)."""
+    return (t.cpu() if t.device.type == "mps" else t).double()
+
+
 def block_generator(seed: int, block: int, device) -> torch.Generator:
     """The generator of block ``block``: the same numbers on any rank, in any world size."""
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + block)
@@ -57,7 +62,7 @@ class Sums:
         self.totals: dict[str, torch.Tensor] = {}
 
     def add(self, name: str, values: torch.Tensor) -> None:
-        v = values.detach().flatten().cpu().double()  # float64 on the CPU: some devices (MPS) have none
+        v = float64(values.detach().flatten()).cpu()
         new = torch.stack([v.sum(), v.square().sum(), torch.tensor(float(v.numel()), dtype=torch.float64)])
         self.totals[name] = self.totals[name] + new if name in self.totals else new
 

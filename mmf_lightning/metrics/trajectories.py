@@ -2,6 +2,8 @@
 
 import torch
 
+from mmf_lightning.metrics.ranks import float64
+
 
 def trajectory_errors(predicted: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
     """``predicted, truth: (K + 1, N, D)``, both from t = 1 (the start) to t = 0 (the end).
@@ -14,5 +16,5 @@ def trajectory_errors(predicted: torch.Tensor, truth: torch.Tensor) -> dict[str,
         raise ValueError(
             f"need two (K + 1, N, D) arrays of one shape, got {tuple(predicted.shape)}, {tuple(truth.shape)}"
         )
-    dist = (predicted.double() - truth.double()).norm(dim=-1)
+    dist = (float64(predicted) - float64(truth)).norm(dim=-1)
     return {"path_error": dist.mean().item(), "end_error": dist[-1].mean().item(), "max_path_error": dist.max().item()}

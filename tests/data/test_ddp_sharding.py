@@ -17,14 +17,15 @@ def test_each_rank_its_own_shard_and_randomness(tmp_path):
         "--trainer.max_steps=4", "--trainer.strategy=ddp", "--trainer.devices=2",
         f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
         "--trainer.enable_progress_bar=false", "--trainer.val_check_interval=4",
-        "--data.init_args.num_train=512", "--data.init_args.batch_size=64",
+        "--data.init_args.num_train=512", "--data.init_args.batch_size=128",  # global: 64 a rank
         "--trainer.callbacks+=helpers.ShardRecorder", f"--trainer.callbacks.out_dir={tmp_path / 'shards'}",
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    rank1 = "\n".join(line for line in proc.stderr.splitlines() if "[rank1]" in line)
+    assert proc.returncode == 0, rank1[-3000:] + proc.stderr[-2000:]  # a crash of rank 1 shows as rank 0's lost peer
     r0, r1 = (torch.load(tmp_path / "shards" / f"rank{i}.pt") for i in (0, 1))
     rows0, rows1 = ({tuple(r.tolist()) for r in rank["rows"]} for rank in (r0, r1))
-    assert len(rows0) == len(rows1) == 256 and not rows0 & rows1  # one epoch, split in two disjoint halves
+    assert len(rows0) == len(rows1) == 256 and not rows0 & rows1  # 4 steps of 128 = one epoch, in two disjoint halves
     from mmf_lightning.data import ToyDataModule
 
     dm = ToyDataModule(num_train=512)

@@ -82,6 +82,7 @@ def test_imagenet64_npz_batches_and_cache(tmp_path):
         rtol=0,
     )
     assert (tmp_path / "cache" / "train_images.npy").is_file()
+    assert isinstance(dm.train_set.base.images, np.memmap)  # every rank maps the cache, none loads it
     (tmp_path / "train_data_batch_1.npz").unlink()  # a second run reads the cache, not the batches
     dm2 = ImageNet64DataModule(root=str(tmp_path), batch_size=4, num_workers=0, random_flip=False)
     dm2.setup()
@@ -158,3 +159,117 @@ def test_shift_sets_missing_and_bad_kind(tmp_path):
         ShiftDataModule("mnist")
     with pytest.raises(ValueError, match="for evaluation"):
         ShiftDataModule("svhn").setup("fit")
+
+
+DDP_CACHES = """
+import os, sys, time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from mmf_lightning.callbacks import FID
+from mmf_lightning.data import ImageNet64DataModule
+from mmf_lightning.metrics.digits_classifier import DigitsClassifier
+
+out, rank = Path(sys.argv[1]), int(os.environ["RANK"])
+
+
+def count(what):
+    with open(out / "builds.txt", "a") as f:
+        f.write(f"{what} {rank}\\n")
+
+
+write_cache, train = ImageNet64DataModule._write_npy_cache, DigitsClassifier._train
+
+
+def counted_write(self, split):
+    count(f"imagenet {self.root.name} {split}")
+    return write_cache(self, split)
+
+
+def counted_train(self, *args):
+    count("digits")
+    time.sleep(1.0)  # widen the window in which the other rank would also start training
+    return train(self, *args)
+
+
+ImageNet64DataModule._write_npy_cache, DigitsClassifier._train = counted_write, counted_train
+
+# torchrun starts both ranks at once: both ask for the digits classifier before its file exists
+classifier = DigitsClassifier(str(out / "weights" / "digits.pt"))
+
+
+class Tiny(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(3 * 64 * 64, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.lin(batch["x"].flatten(1)).square().mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+dm = ImageNet64DataModule(root=str(out / "in64"), batch_size=4, num_workers=0, random_flip=False)
+fid = FID(num_samples=10, steps=(1,), feature_extractor=classifier, batch_size=5, cache_dir=str(out / "fid"))
+trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=2, limit_val_batches=0, logger=False,
+                    enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                    default_root_dir=str(out), callbacks=[fid])
+trainer.fit(Tiny(), dm)
+
+# without prepare_data (a notebook, `evaluate`): both ranks set up a fresh root at the same moment
+trainer.strategy.barrier()
+other = ImageNet64DataModule(root=str(out / "in64b"), batch_size=4, num_workers=0, random_flip=False)
+other.setup("fit")
+assert len(other.train_set) == 24
+trainer.strategy.barrier()
+"""
+
+
+def test_caches_are_built_once_under_ddp_without_temp_files(tmp_path):
+    """Two ranks started together by torchrun (as on a cluster): the ImageNet-64 npy cache is
+    built once (in prepare_data; and once under the lock when setup runs without it), the
+    digits classifier is trained once, the FID reference statistics are saved once, and no
+    temporary file is left behind; every cache holds what a single process computes."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from mmf_lightning.metrics.digits_classifier import DigitsClassifier
+    from mmf_lightning.metrics.fid import feature_statistics
+
+    for name in ("in64", "in64b"):
+        (tmp_path / name).mkdir()
+        _write_imagenet64_npz(tmp_path / name)
+    script = tmp_path / "ddp_caches.py"
+    script.write_text(DDP_CACHES)
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+           str(tmp_path)]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    builds = sorted(line.rsplit(" ", 1)[0] for line in (tmp_path / "builds.txt").read_text().splitlines())
+    assert builds == ["digits"] + [f"imagenet {r} {s}" for r in ("in64", "in64b") for s in ("train", "val")]
+    assert [p for p in tmp_path.rglob("*") if p.name.endswith((".partial", ".tmp.npy"))] == []
+
+    for name in ("in64", "in64b"):  # the cache holds the batches' pixels and labels, in order
+        batches = [np.load(tmp_path / name / f"train_data_batch_{i}.npz") for i in (1, 2)]
+        images = np.load(tmp_path / name / "cache" / "train_images.npy")
+        assert np.array_equal(images, np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 64, 64))
+        labels = np.load(tmp_path / name / "cache" / "train_labels.npy")
+        assert np.array_equal(labels, np.concatenate([b["labels"] for b in batches]) - 1)
+
+    (stats_file,) = (tmp_path / "fid").glob("*.pt")
+    saved = torch.load(stats_file, weights_only=True)
+    classifier = DigitsClassifier(str(tmp_path / "weights" / "digits.pt"))  # loads the file the run trained
+    dm = ImageNet64DataModule(root=str(tmp_path / "in64"), num_workers=0)
+    one = feature_statistics(classifier, dm.reference_set("train"), 7, "cpu")
+    assert int(saved["n"]) == int(one["n"]) == 24
+    # float32 features from other batch splits and thread counts: equal to float32 rounding
+    torch.testing.assert_close(saved["sum"], one["sum"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(saved["cov_sum"], one["cov_sum"], rtol=1e-5, atol=1e-6)

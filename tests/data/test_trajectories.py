@@ -1,6 +1,8 @@
 """Trajectory DataModules: ground truth against closed forms, batch structure, bad input."""
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -93,3 +95,79 @@ def test_bad_trajectory_input(tmp_path):
         ODEDataModule(supervision="full")
     with pytest.raises(ValueError, match="unknown system 'lorenz'"):
         ODEDataModule("lorenz")
+
+
+# -- an .npz task end to end: fit with validation, then evaluate --------------------------------------
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _gradient_flow_file(path: Path, n: int = 60, num_points: int = 9) -> np.ndarray:
+    """Exponential-decay trajectories x1 e^{-s}, s in [0, 1], written as an .npz: (n, num_points, 2)."""
+    x1 = np.random.default_rng(0).uniform(-2, 2, (n, 2))
+    states = x1[:, None] * np.exp(-np.linspace(0, 1, num_points))[None, :, None]
+    np.savez(path, states=states)
+    return states
+
+
+def test_npz_task_is_judged_on_its_held_out_trajectories(tmp_path):
+    """An .npz task has no ground truth for new starts. A real fit with validation (PathMetrics)
+    and `evaluate` on its checkpoint judge the model from the starts of the held-out trajectories
+    against those trajectories, and say so; with nothing held out, they skip those metrics and the
+    report says why."""
+    from mmf_lightning import MeanFlowModule
+    from mmf_lightning.cli import MMFLightningCLI, main
+
+    states = _gradient_flow_file(tmp_path / "traj.npz")
+    cli = MMFLightningCLI(args=[
+        "fit", "--config", str(ROOT / "configs/ode/gradient_flow_lambda0.yaml"),
+        "--data=mmf_lightning.data.NpzTrajectoryDataModule", f"--data.init_args.file={tmp_path / 'traj.npz'}",
+        "--data.init_args.val_fraction=0.2", "--data.init_args.batch_size=16",
+        "--model.net.init_args.width=32", "--model.net.init_args.depth=2",
+        "--trainer.max_steps=4", "--trainer.val_check_interval=2", f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+    ])  # fmt: skip
+    logged = cli.trainer.logged_metrics
+    assert {"val/path_error", "val/end_error", "val/one_step_error_truth", "val/d_path"} <= set(logged)
+    ckpt = cli.trainer.checkpoint_callback.last_model_path
+
+    out = tmp_path / "eval"
+    main(["evaluate", ckpt, "--output", str(out), "--num_samples", "64", "--steps", "4", "--timing_repeats", "0"])
+    (run,) = json.loads((out / "evaluation.json").read_text())["runs"].values()
+    assert "12 held-out trajectories" in run["trajectory_truth"]
+    # independently: the 12 held-out trajectories (a permutation by seed 0), x1 first, against the model's 8 steps
+    held_out = torch.randperm(60, generator=torch.Generator().manual_seed(0))[:12]
+    truth = torch.from_numpy(states[held_out.numpy()]).float().transpose(0, 1)  # (9, 12, 2), t = 1 -> 0
+    module = MeanFlowModule.load_from_checkpoint(ckpt, map_location="cpu")
+    distance = (module.trajectory_from(truth[0], 8) - truth).double().norm(dim=-1)
+    metrics = run["metrics"]
+    assert metrics["path_error"] == pytest.approx(distance.mean().item(), rel=1e-5)
+    assert metrics["end_error"] == pytest.approx(distance[-1].mean().item(), rel=1e-5)
+    one_step = module.trajectory_from(truth[0], 1)[-1]
+    assert metrics["one_step_error_truth"] == pytest.approx((one_step - truth[-1]).double().square().mean().item())
+
+    # nothing held out: the truth metrics are skipped, and the report says so
+    main(["evaluate", ckpt, "--output", str(out), "--num_samples", "64", "--steps", "4", "--timing_repeats", "0",
+          "--data.init_args.val_fraction=0"])  # fmt: skip
+    (run,) = json.loads((out / "evaluation.json").read_text())["runs"].values()
+    assert {"one_step_error", "d_path"} <= set(run["metrics"])
+    assert not {"path_error", "end_error", "one_step_error_truth"} & set(run["metrics"])
+    assert "not computed" in run["trajectory_truth"] and "no ground truth for new starts" in run["trajectory_truth"]
+    assert "val_fraction=0.0" in run["description"]
+    md = (out / "evaluation.md").read_text()
+    assert "trajectory-truth metrics (path_error, end_error, one_step_error_truth) not computed" in md
+
+
+def test_npz_without_held_out_trajectories_warns_in_validation(tmp_path):
+    from mmf_lightning.callbacks import PathMetrics
+
+    _gradient_flow_file(tmp_path / "traj.npz")
+    dm = NpzTrajectoryDataModule(str(tmp_path / "traj.npz"), val_fraction=0.0)
+    with pytest.raises(NotImplementedError, match="no ground truth for new starts"):
+        dm.ground_truth(torch.zeros(1, 2))
+
+    class Trainer:
+        datamodule = dm
+
+    with pytest.warns(UserWarning, match="val/path_error.*not computed.*val_fraction=0.0 holds none out"):
+        PathMetrics(lpips=False).setup(Trainer(), None, "fit")

@@ -35,3 +35,12 @@ def test_energy_distance_is_the_square_of_scipys_in_one_dimension():
     assert energy_distance(a, a.clone()) == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ValueError, match=r"got \(10, 2\) and \(12, 3\)"):
         energy_distance(torch.zeros(10, 2), torch.zeros(12, 3))
+
+
+def test_float64_keeps_values_and_device():
+    from mmf_lightning.metrics.ranks import float64
+
+    x = torch.tensor([1 / 3, 2.5, -7.0], dtype=torch.float32)
+    y = float64(x)
+    assert y.dtype == torch.float64 and y.device == x.device
+    assert y.tolist() == [float(v) for v in x.tolist()]  # widening is exact

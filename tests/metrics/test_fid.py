@@ -109,3 +109,46 @@ def test_missing_inception_weights_stop_before_training(tmp_path, monkeypatch):
         quiet_trainer(
             tmp_path, callbacks=[LambdaScheduler(), FID(feature_extractor_weights_path=str(tmp_path / "x.pth"))]
         ).fit(_digits_module(), DigitsDataModule(batch_size=32))
+
+
+def test_fid_twice_in_one_run_each_equals_an_independent_recomputation(tmp_path):
+    """Two validations in one fit: each logged FID equals scipy's Frechet distance between the
+    reference images' features (raw uint8, not through the metric's conversion) and the features
+    of the samples drawn from that validation's weights. Catches fake features kept from the first
+    validation, real statistics lost by the reset, and a wrong pixel scale."""
+    import copy
+
+    torch.manual_seed(0)
+    extractor = TinyExtractor()
+    snapshots, logged = [], []
+
+    def snapshot(trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if batch_idx == 0:
+            snapshots.append(copy.deepcopy(pl_module.state_dict()))
+
+    recorder = LambdaCallback(
+        on_validation_batch_start=snapshot,
+        on_validation_end=lambda trainer, _: logged.append(float(trainer.callback_metrics["val/fid_1step"])),
+    )
+    cb = FID(num_samples=120, steps=(1,), feature_extractor=extractor, batch_size=50, cache_dir=str(tmp_path / "c"))
+    trainer = quiet_trainer(tmp_path, max_steps=4, callbacks=[LambdaScheduler(), cb, recorder],
+                            val_check_interval=2, num_sanity_val_steps=0, enable_checkpointing=False)  # fmt: skip
+    dm = DigitsDataModule(batch_size=32)
+    trainer.fit(_digits_module(), dm)
+    assert len(logged) == len(snapshots) == 2
+
+    real_uint8 = torch.from_numpy(np.asarray(dm.reference_set("train").base.images))  # the files' own pixels
+    with torch.no_grad():
+        real = extractor(real_uint8).double().numpy()
+    for state, value in zip(snapshots, logged):
+        module = _digits_module()
+        module.load_state_dict(state)
+        module.eval()
+        fakes = []
+        for b, start in enumerate(range(0, 120, 50)):  # block b: seed b, on any number of ranks
+            x = module.sample(min(50, 120 - start), 1, generator=torch.Generator().manual_seed(b))
+            fakes.append(((x.clamp(-1, 1) + 1) * 255 / 2).round().to(torch.uint8))  # [-1, 1] -> 0..255
+        with torch.no_grad():
+            fake = extractor(torch.cat(fakes)).double().numpy()
+        assert value == pytest.approx(_scipy_fid(real, fake), rel=1e-4)
+    assert logged[0] != pytest.approx(logged[1], rel=1e-6)  # the weights moved between the two

@@ -25,3 +25,15 @@ def test_max_and_min_of_two_draws():
     r, t = TimeSampler("uniform", equal_fraction=0.0)(50_000)
     # max of two uniforms has mean 2/3, min has mean 1/3
     assert abs(t.mean() - 2 / 3) < 0.01 and abs(r.mean() - 1 / 3) < 0.01
+
+
+def test_times_check_accepts_the_closed_bounds_and_names_the_first_pair_outside():
+    import pytest
+
+    from mmf_lightning.objectives.time_sampling import check_times
+
+    check_times(torch.tensor([0.0, 0.3, 1.0]), torch.tensor([0.0, 0.3, 1.0]))  # r = t, at both ends
+    check_times(torch.tensor([0.0]), torch.tensor([1.0]))
+    for r, t, shown in [(-1e-6, 0.5, "r=-1e-06, t=0.5"), (0.2, 1 + 1e-6, "r=0.2, t=1"), (0.6, 0.5, "r=0.6, t=0.5")]:
+        with pytest.raises(ValueError, match=rf"0 <= r <= t <= 1, got {shown}"):
+            check_times(torch.tensor([0.1, r], dtype=torch.float64), torch.tensor([0.2, t], dtype=torch.float64))
