@@ -4,6 +4,7 @@ and ``python -m mmf_lightning download-weights``."""
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
 from mmf_lightning.callbacks import FID, LambdaScheduler, SampleFigures
+from mmf_lightning.callbacks.run_config import RunConfig
 from mmf_lightning.module import MeanFlowModule
 
 
@@ -25,6 +27,7 @@ class MMFLightningCLI(LightningCLI):
             L.LightningDataModule,
             subclass_mode_data=True,
             seed_everything_default=0,
+            save_config_callback=RunConfig,
             save_config_kwargs={"overwrite": True},
             args=args,
             run=run,
@@ -41,17 +44,55 @@ class MMFLightningCLI(LightningCLI):
             trainer.callbacks.append(fid)
         return trainer
 
+    def parse_arguments(self, parser, args) -> None:
+        """Parses, and reads a ``--ckpt_path`` file safely (``weights_only``) before anything else
+        does, so a truncated or foreign file stops the command with its name."""
+        from mmf_lightning.checkpoints import read_checkpoint
+
+        self._command_line = [a for a in (sys.argv[1:] if args is None else args) if isinstance(a, str)]
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt is not None and str(ckpt) not in ("last", "best", "hpc", "registry"):
+            read_checkpoint(ckpt)
+
+    def _given(self, *keys: str) -> bool:
+        """Whether the command line sets one of ``keys`` (``--key=value`` or ``--key value``)."""
+        return any(a.split("=", 1)[0] in {f"--{k}" for k in keys} for a in getattr(self, "_command_line", []))
+
     def before_instantiate_classes(self) -> None:
-        """Name the run after its config file (``configs/ode/lambda0.yaml`` -> ``ode/lambda0``)
-        unless the logger was given a name."""
+        """Where the run goes and what it is called, for every logger:
+
+        - ``--trainer.default_root_dir`` on the command line moves the whole run (the logger's
+          ``save_dir`` follows it unless the command line also sets that);
+        - the run is named after its config file (``configs/ode/lambda0.yaml`` -> ``ode/lambda0``)
+          unless the logger was given a name; a W&B run also gets the config's folders as tags and
+          the project ``mmf-lightning`` unless given.
+        """
         cfg = self.config[self.config.subcommand] if "subcommand" in self.config else self.config
-        logger, configs = cfg.get("trainer", {}).get("logger"), cfg.get("config") or []
-        args = getattr(logger, "init_args", None)
-        if not configs or args is None or args.get("name", "") not in (None, "lightning_logs"):
-            return
-        path = Path(str(configs[-1])).with_suffix("")
-        parts = path.parts[path.parts.index("configs") + 1 :] if "configs" in path.parts else (path.name,)
-        args.name = "/".join(parts)
+        trainer = cfg.get("trainer", {})
+        loggers = trainer.get("logger")
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            args = getattr(logger, "init_args", None)
+            if args is None:
+                continue
+            if self._given("trainer.default_root_dir") and not self._given(
+                "trainer.logger.save_dir", "trainer.logger.init_args.save_dir"
+            ):
+                args.save_dir = trainer.get("default_root_dir")
+            self._name_after_config(logger, cfg.get("config") or [])
+
+    @staticmethod
+    def _name_after_config(logger, configs) -> None:
+        args = logger.init_args
+        parts = config_parts(configs[-1]) if configs else ()
+        if parts and args.get("name", "") in (None, "lightning_logs"):
+            args.name = "/".join(parts)
+        if str(logger.class_path).endswith("WandbLogger"):
+            if args.get("project") is None:
+                args.project = "mmf-lightning"
+            if args.get("tags") is None and parts:
+                args.tags = list(parts)
 
     def after_fit(self) -> None:
         """Say where the run left its checkpoint and pictures."""
@@ -64,6 +105,12 @@ class MMFLightningCLI(LightningCLI):
         for cb in trainer.callbacks:
             if isinstance(cb, SampleFigures) and cb.last_path is not None:
                 print(f"samples:    {cb.last_path}")
+
+
+def config_parts(config) -> tuple[str, ...]:
+    """A config file's path below ``configs/`` without the suffix: ``("ode", "lambda0")``."""
+    path = Path(str(config)).with_suffix("")
+    return path.parts[path.parts.index("configs") + 1 :] if "configs" in path.parts else (path.name,)
 
 
 def sample_main(argv: list[str]) -> Path:
@@ -122,14 +169,38 @@ COMMANDS = {
 }
 
 
+TRACEBACK_ENV = "MMF_LIGHTNING_TRACEBACK"
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``argv`` defaults to ``sys.argv[1:]``; tests pass it explicitly."""
+    """``argv`` defaults to ``sys.argv[1:]``; tests pass it explicitly. An error raised by this
+    package's own checks (a bad value, a missing file, an unreadable checkpoint) ends in one line,
+    ``error: <what>; <what to do>``, with exit status 2; ``MMF_LIGHTNING_TRACEBACK=1`` shows the
+    traceback instead. Errors from elsewhere keep their traceback."""
     args = sys.argv[1:] if argv is None else list(argv)
-    if args and args[0] in COMMANDS:
-        module, function = COMMANDS[args[0]]
-        getattr(importlib.import_module(module), function)(args[1:])
-        return
-    MMFLightningCLI(args=None if argv is None else args)
+    try:
+        if args and args[0] in COMMANDS:
+            module, function = COMMANDS[args[0]]
+            getattr(importlib.import_module(module), function)(args[1:])
+            return
+        MMFLightningCLI(args=None if argv is None else args)
+    except (ValueError, OSError, TypeError) as err:
+        if os.environ.get(TRACEBACK_ENV, "0") == "1" or not raised_by_this_package(err):
+            raise
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def raised_by_this_package(err: BaseException) -> bool:
+    """Whether the innermost frame of ``err``'s traceback is in this package's code: our own
+    checks, whose messages name the value and the fix (not a bug deep inside a library)."""
+    tb = err.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return PACKAGE_DIR in Path(tb.tb_frame.f_code.co_filename).resolve().parents
 
 
 if __name__ == "__main__":

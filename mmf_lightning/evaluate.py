@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from mmf_lightning.callbacks.run_config import RUN_CONFIG_KEY
+from mmf_lightning.checkpoints import read_checkpoint
 from mmf_lightning.metrics.evaluation import EvaluationSettings, evaluate_model, truth_protocol
 from mmf_lightning.metrics.ranks import Ranks
 from mmf_lightning.plots import save_metrics_figure
@@ -83,21 +85,29 @@ def build_parser() -> argparse.ArgumentParser:
 DATA_OVERRIDE = "--data."
 
 
-def run_config(ckpt: Path, explicit: str | None) -> tuple[dict, Path]:
-    """``explicit`` (``--config``) when given, else the config ``fit`` saved for the run of ``ckpt``
-    (``<run>/config.yaml`` beside ``<run>/checkpoints/``). Sections given as relative paths
-    (``data: ../presets/data_digits.yaml`` in configs/) are resolved against the config's folder."""
+def run_config(ckpt: Path, explicit: str | None) -> tuple[dict, str]:
+    """(the run config of ``ckpt``, where it came from): ``explicit`` (``--config``) when given,
+    else the config the checkpoint carries (``callbacks.RunConfig``), else, for checkpoints
+    written before they carried one, the ``config.yaml`` beside the run's ``checkpoints/``."""
     if explicit:
-        path = Path(explicit)
-        if not path.is_file():
-            raise FileNotFoundError(f"--config {path} does not exist; pass a run's config.yaml or a file of configs/")
-    else:
-        path = ckpt.parent.parent / "config.yaml"
-        if ckpt.parent.name != "checkpoints" or not path.is_file():
-            looked = path if ckpt.parent.name == "checkpoints" else "nowhere (not in a run's checkpoints/ folder)"
-            raise FileNotFoundError(
-                f"no run config for {ckpt}: looked at {looked}; pass --config with the run's config.yaml"
-            )
+        return config_file(Path(explicit)), str(explicit)
+    stored = read_checkpoint(ckpt).get(RUN_CONFIG_KEY)
+    if isinstance(stored, dict):
+        return stored, f"{ckpt} (the run config it carries)"
+    path = ckpt.parent.parent / "config.yaml"
+    if ckpt.parent.name == "checkpoints" and path.is_file():
+        return config_file(path), str(path)
+    raise FileNotFoundError(
+        f"no run config for {ckpt}: the checkpoint carries none and there is no config.yaml beside its folder; "
+        "pass --config with the run's config.yaml"
+    )
+
+
+def config_file(path: Path) -> dict:
+    """A config YAML file as a dict. Sections given as relative paths (``data:
+    ../presets/data_digits.yaml`` in configs/) are resolved against the file's folder."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--config {path} does not exist; pass a run's config.yaml or a file of configs/")
     config = yaml.safe_load(path.read_text()) or {}
     if not isinstance(config, dict):
         raise ValueError(f"{path} is not a config (a YAML mapping with a `data:` section)")
@@ -105,7 +115,7 @@ def run_config(ckpt: Path, explicit: str | None) -> tuple[dict, Path]:
         value = config.get(key)
         if isinstance(value, str) and (path.parent / value).is_file():
             config[key] = str((path.parent / value).resolve())
-    return config, path
+    return config
 
 
 def data_section(base: str | dict, overrides: list[str]) -> dict:
@@ -118,7 +128,7 @@ def data_section(base: str | dict, overrides: list[str]) -> dict:
     if isinstance(base, str) and base.endswith((".yaml", ".yml")) and Path(base).is_file():
         loaded = yaml.safe_load(Path(base).read_text())
         if isinstance(loaded, dict) and "class_path" not in loaded and "data" in loaded:  # a whole config
-            base = run_config(Path(base), base)[0]["data"]
+            base = config_file(Path(base))["data"]
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(L.LightningDataModule, "data", required=True)
     value = base if isinstance(base, str) else json.dumps(base)
@@ -185,7 +195,8 @@ def row_name(ckpt: Path, config: dict) -> str:
     if ckpt.parent.name != "checkpoints":
         return str(ckpt.with_suffix(""))
     run = ckpt.parent.parent
-    logger = (config.get("trainer") or {}).get("logger") or {}
+    trainer = config.get("trainer")
+    logger = (trainer.get("logger") if isinstance(trainer, dict) else None) or {}
     name = (logger.get("init_args") or {}).get("name") if isinstance(logger, dict) else None
     return f"{name or run.parent.name}/{run.name}" + ("" if ckpt.stem == "last" else f"@{ckpt.stem}")
 
@@ -265,7 +276,8 @@ def evaluate_main(argv: list[str]) -> dict:
                 data_from += f" {' '.join(overrides)}" if overrides else ""
             datamodule, fid = instantiate_run(config, args.fid == "run", args.fid_num_samples)
         except (FileNotFoundError, ValueError, ArgumentError) as err:
-            parser.error(f"{ckpt}: {err}".replace("\n", " "))
+            message = str(err) if str(ckpt) in str(err) else f"{ckpt}: {err}"
+            parser.error(message.replace("\n", " "))
         problem = check_data(MeanFlowModule.load_from_checkpoint(ckpt, map_location="cpu"), datamodule, ckpt, data_from)
         if problem:
             parser.error(problem)

@@ -3,6 +3,7 @@
 
 import inspect
 import math
+import os
 from collections import deque
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -110,6 +111,22 @@ class MeanFlowModule(L.LightningModule):
             self.hparams.update(**configs, _instantiator=_INSTANTIATOR)
 
     # -- public API used by notebooks --------------------------------------------------------
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
+        """Lightning's ``load_from_checkpoint`` (``weights_only``: never unpickles code); the EMA
+        weights when the run used EMA. A missing, truncated or foreign file raises ``CheckpointError``
+        naming it."""
+        from mmf_lightning.checkpoints import CheckpointError, checkpoint_error, is_unreadable
+
+        if isinstance(checkpoint_path, (str, os.PathLike)) and not os.path.isfile(checkpoint_path):
+            raise CheckpointError(f"checkpoint {checkpoint_path} does not exist; pass a .ckpt written by `fit`")
+        try:
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        except Exception as err:
+            if not is_unreadable(err):
+                raise
+            raise checkpoint_error(checkpoint_path, err) from err
+
     @property
     def data_shape(self) -> tuple[int, ...]:
         return tuple(self.net.data_shape)

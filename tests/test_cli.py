@@ -371,14 +371,16 @@ def test_evaluate_writes_tables_for_several_checkpoints(tmp_path, capsys):
         (["missing.ckpt"], "checkpoint missing.ckpt does not exist"),
         (["{ckpt}", "--names", "a", "b"], "--names gives 2 names for 1 checkpoints"),
         (["{ckpt}", "--steps", "1"], r"steps >= 2.*got 1000, 250, 1"),
-        (["{loose}"], r"no run config for .*loose.ckpt.*pass --config"),
+        (["{loose}"], r"no run config for .*loose.ckpt: the checkpoint carries none.*pass --config"),
     ],
 )
 def test_evaluate_names_bad_input(args, match, tmp_path, capsys):
     cli = _fit(ROOT / "configs/quickstart.yaml", tmp_path, steps=1)
     ckpt = cli.trainer.checkpoint_callback.last_model_path
-    loose = tmp_path / "loose.ckpt"
-    loose.write_bytes(Path(ckpt).read_bytes())
+    loose = tmp_path / "loose.ckpt"  # outside its run folder, and without the run config it carries
+    checkpoint = torch.load(ckpt, weights_only=True)
+    del checkpoint["run_config"]
+    torch.save(checkpoint, loose)
     args = [a.format(ckpt=ckpt, loose=loose) for a in args]
     with pytest.raises((SystemExit, FileNotFoundError)) as info:
         main(["evaluate", *args, "--output", str(tmp_path / "e")])

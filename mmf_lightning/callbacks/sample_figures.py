@@ -7,6 +7,7 @@ import torch
 from lightning.pytorch.callbacks import WeightAveraging
 
 from mmf_lightning.plots import save_samples_figure
+from mmf_lightning.runs import run_dir
 
 
 def ema_module(trainer: L.Trainer, pl_module: L.LightningModule) -> L.LightningModule:
@@ -21,7 +22,9 @@ def ema_module(trainer: L.Trainer, pl_module: L.LightningModule) -> L.LightningM
 
 
 class SampleFigures(L.Callback):
-    """Saves ``<log_dir>/samples/step_<k>.png``: samples for each entry of ``steps``.
+    """Saves ``<run folder>/samples/step_<k>.png`` (``runs.run_dir``), samples for each entry of
+    ``steps`` (a grid for images, a scatter over the data for 2-D points), and logs it to W&B or
+    TensorBoard when the run has them.
 
     Args:
         num_samples: samples per panel.
@@ -48,7 +51,7 @@ class SampleFigures(L.Callback):
 
     def draw(self, trainer, pl_module) -> None:
         self._drawn_at = trainer.global_step  # on every rank: they all take the same decisions
-        out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "samples"  # log_dir is collective: all ranks
+        out_dir = run_dir(trainer) / "samples"  # a collective: on every rank
         if not trainer.is_global_zero:
             return
         module = ema_module(trainer, pl_module)
@@ -59,6 +62,21 @@ class SampleFigures(L.Callback):
             panels[title] = module.sample(self.num_samples, k, generator=generator)
         reference = _reference_batch(trainer, self.num_samples)
         self.last_path = save_samples_figure(panels, out_dir / f"step_{trainer.global_step}.png", reference)
+        log_picture(trainer, "samples", self.last_path)
+
+
+def log_picture(trainer, key: str, path: Path) -> None:
+    """A saved picture into the loggers that keep images (W&B, TensorBoard), at the current step."""
+    from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=key, images=[str(path)], step=trainer.global_step)
+        elif isinstance(logger, TensorBoardLogger):
+            import matplotlib.image
+
+            pixels = matplotlib.image.imread(path)[..., :3]  # (H, W, RGB) floats in [0, 1]
+            logger.experiment.add_image(key, pixels, trainer.global_step, dataformats="HWC")
 
 
 def _reference_batch(trainer, n: int) -> torch.Tensor | None:

@@ -1,0 +1,51 @@
+"""Reading a checkpoint file safely: ``torch.load(..., weights_only=True)`` only (a checkpoint is a
+file from the internet: its pickle must never run code), with an error that names the file and
+says what is wrong instead of torch's unpickler advice."""
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+# what torch.load raises for a file it cannot read: a pickle that would run code or build other
+# objects (UnpicklingError), a truncated or foreign file (zip reader errors, EOF)
+UNREADABLE = (pickle.UnpicklingError, EOFError, zipfile.BadZipFile)
+
+
+class CheckpointError(ValueError):
+    """A file that is missing, truncated, not a checkpoint, or would run code when unpickled."""
+
+
+def is_unreadable(err: BaseException) -> bool:
+    """Whether ``err`` from ``torch.load`` means the file itself is bad (not a bug elsewhere)."""
+    return isinstance(err, UNREADABLE) or (isinstance(err, RuntimeError) and "PytorchStreamReader" in str(err))
+
+
+def checkpoint_error(path: str | os.PathLike, err: BaseException) -> CheckpointError:
+    """The error for a file ``torch.load(..., weights_only=True)`` refused with ``err``."""
+    if isinstance(err, pickle.UnpicklingError) and "weights_only" in str(err):
+        why = "its pickle holds objects other than tensors and plain data (loading it could run code)"
+    else:
+        why = f"it is truncated or not a torch file ({type(err).__name__})"
+    return CheckpointError(
+        f"{path} cannot be read as a checkpoint: {why}; pass a checkpoint written by `fit` (this tool never "
+        "unpickles code)"
+    )
+
+
+def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """The checkpoint's dict, loaded with ``weights_only=True``; ``CheckpointError`` otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass a .ckpt written by `fit`")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        if not is_unreadable(err):
+            raise
+        raise checkpoint_error(path, err) from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path} is a torch file but not a Lightning checkpoint (no state_dict)")
+    return checkpoint

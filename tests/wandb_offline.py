@@ -1,0 +1,80 @@
+"""Reads an offline W&B run back from its ``run-<id>.wandb`` file (wandb >= 0.31 keeps the config,
+history and file list only there). The file is leveldb-log framed: a 7-byte file header, then
+32 KiB blocks of records, each with a 7-byte header (crc32 u32, length u16, type u8: 1 full,
+2 first, 3 middle, 4 last) and a payload; the payloads of a full record, or of first + middles
++ last, are one ``wandb_internal_pb2.Record``."""
+
+import json
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HEADER = 7
+BLOCK = 32 * 1024
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+
+def records(path: str | Path):
+    """Every Record of the file, in order."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = Path(path).read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B run file"
+    pos, parts = HEADER, []
+    while pos + HEADER <= len(data):
+        left = BLOCK - pos % BLOCK
+        if left < HEADER:  # the block's tail is padding
+            pos += left
+            continue
+        crc, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
+        if crc == 0 and length == 0 and kind == 0:  # zero padding at a block's end
+            pos += left
+            continue
+        payload = data[pos + HEADER : pos + HEADER + length]
+        assert zlib.crc32(bytes([kind]) + payload) & 0xFFFFFFFF == crc, f"bad record checksum at byte {pos}"
+        pos += HEADER + length
+        if kind == FULL:
+            parts = [payload]
+        elif kind == FIRST:
+            parts = [payload]
+            continue
+        elif kind == MIDDLE:
+            parts.append(payload)
+            continue
+        else:
+            parts.append(payload)
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(b"".join(parts))
+        yield record
+
+
+@dataclass
+class OfflineRun:
+    config: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+
+
+def read_run(run_folder: str | Path) -> OfflineRun:
+    """The config (values JSON-decoded), history rows and file paths of an offline run folder
+    (``wandb/offline-run-<time>-<id>``)."""
+    (path,) = Path(run_folder).glob("run-*.wandb")
+    run = OfflineRun()
+    for record in records(path):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            items = record.run.config.update
+        elif kind == "config":
+            items = record.config.update
+        elif kind == "history":
+            run.history.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
+            continue
+        elif kind == "files":
+            run.files += [f.path for f in record.files.files]
+            continue
+        else:
+            continue
+        for item in items:
+            run.config[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    return run
