@@ -29,9 +29,8 @@ class RunConfig(SaveConfigCallback):
         folder = run_dir(trainer)  # a collective: on every rank
         if trainer.is_global_zero:
             folder.mkdir(parents=True, exist_ok=True)
-            self.parser.save(
-                self.config, str(folder / self.config_filename), skip_none=False, overwrite=True, multifile=self.multifile
-            )
+            path = str(folder / self.config_filename)
+            self.parser.save(self.config, path, skip_none=False, overwrite=True, multifile=self.multifile)
             for logger in trainer.loggers:
                 if isinstance(logger, WandbLogger):
                     self._to_wandb(logger, folder)
