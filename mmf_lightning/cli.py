@@ -94,6 +94,28 @@ class MMFLightningCLI(LightningCLI):
             if args.get("tags") is None and parts:
                 args.tags = list(parts)
 
+    def before_fit(self) -> None:
+        """Spawn-based strategies pickle the trainer for the new processes: a callback holding a
+        closure (Lightning's own EMAWeightAveraging) fails there, after the setup. Say it now."""
+        import pickle
+
+        start_method = getattr(self.trainer.strategy, "_start_method", None)
+        if start_method not in ("spawn", "forkserver"):
+            return
+        for cb in self.trainer.callbacks:
+            try:
+                pickle.dumps(cb)
+            except (pickle.PicklingError, AttributeError, TypeError) as err:
+                hint = (
+                    "; use mmf_lightning.callbacks.EMAWeightAveraging (the same EMA, picklable)"
+                    if "WeightAveraging" in type(cb).__name__
+                    else ""
+                )
+                raise ValueError(
+                    f"trainer.strategy with start method {start_method!r} must pickle every callback, and "
+                    f"{type(cb).__module__}.{type(cb).__name__} cannot be ({err}){hint}, or use strategy=ddp"
+                ) from None
+
     def after_fit(self) -> None:
         """Say where the run left its checkpoint and pictures."""
         trainer = self.trainer

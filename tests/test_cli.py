@@ -419,3 +419,54 @@ def test_the_readme_evaluate_glob_matches_where_cifar10_runs_land(tmp_path, monk
     assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.glob(pattern)] == [
         "runs/cifar10/mmf_lambda1/version_0/checkpoints/last.ckpt"
     ]
+
+
+# -- spawn-based strategies ---------------------------------------------------------------------------
+def test_ema_update_is_torchs_and_pickles():
+    import pickle
+
+    from torch.optim.swa_utils import get_ema_avg_fn
+
+    from mmf_lightning.callbacks import EMAWeightAveraging
+    from mmf_lightning.callbacks.ema import EMAUpdate
+
+    ema, current = torch.randn(5), torch.randn(5)
+    ours = pickle.loads(pickle.dumps(EMAUpdate(0.9)))
+    torch.testing.assert_close(ours(ema, current, 3), get_ema_avg_fn(0.9)(ema, current, 3), rtol=0, atol=0)
+    callback = pickle.loads(pickle.dumps(EMAWeightAveraging(decay=0.25, update_every_n_steps=2)))
+    assert callback._kwargs["avg_fn"].decay == 0.25 and callback.update_every_n_steps == 2
+    with pytest.raises(ValueError, match="EMA decay must be in \\[0, 1\\], got 1.5"):
+        EMAUpdate(1.5)
+
+
+def test_ddp_spawn_trains_with_ema_and_refuses_a_closure_before_training(tmp_path):
+    """`strategy=ddp_spawn` pickles the trainer for its processes: with the package's EMA it trains
+    (the EMA moves at every optimizer step); with Lightning's
+    own EMAWeightAveraging (a closure) it stops before training with one line naming the fix."""
+    args = [
+        "fit", "--config", str(ROOT / "configs/quickstart.yaml"), *_quiet(tmp_path, steps=4),
+        "--trainer.strategy=ddp_spawn", "--trainer.devices=2", "--trainer.val_check_interval=4",
+        "--data.init_args.num_train=1024", "--model.net.init_args.width=32", "--model.net.init_args.depth=2",
+    ]  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "mmf_lightning", *args], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (ckpt,) = tmp_path.rglob("last.ckpt")
+    checkpoint = torch.load(ckpt, weights_only=True)
+    assert checkpoint["global_step"] == 4
+    assert int(checkpoint["averaging_state"]["n_averaged"]) == 4  # the EMA moved at every step, in the spawned ranks
+
+    lightning_ema = tmp_path / "lightning_ema.yaml"
+    lightning_ema.write_text(
+        (ROOT / "configs/quickstart.yaml").read_text().replace("mmf_lightning.callbacks.EMAWeightAveraging",
+                                                               "lightning.pytorch.callbacks.EMAWeightAveraging")
+    )  # fmt: skip
+    args[2] = str(lightning_ema)
+    args.append(f"--trainer.default_root_dir={tmp_path / 'b'}")
+    proc = subprocess.run([sys.executable, "-m", "mmf_lightning", *args], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 2
+    last = proc.stderr.rstrip().splitlines()[-1]
+    assert last.startswith("error: trainer.strategy with start method 'spawn' must pickle every callback")
+    assert "use mmf_lightning.callbacks.EMAWeightAveraging" in last
+    assert not list((tmp_path / "b").rglob("*.ckpt"))

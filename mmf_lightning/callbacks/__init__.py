@@ -1,8 +1,10 @@
-"""Lightning callbacks: the lambda schedule, sample figures, FID and the path metrics."""
+"""Lightning callbacks: the lambda schedule, sample figures, FID, the path metrics and a
+spawn-safe EMA."""
 
+from mmf_lightning.callbacks.ema import EMAWeightAveraging
 from mmf_lightning.callbacks.fid import FID
 from mmf_lightning.callbacks.lambda_schedule import LambdaScheduler
 from mmf_lightning.callbacks.path_metrics import PathMetrics
 from mmf_lightning.callbacks.sample_figures import SampleFigures
 
-__all__ = ["FID", "LambdaScheduler", "PathMetrics", "SampleFigures"]
+__all__ = ["EMAWeightAveraging", "FID", "LambdaScheduler", "PathMetrics", "SampleFigures"]

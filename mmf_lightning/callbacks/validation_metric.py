@@ -35,8 +35,9 @@ class ValidationMetric(L.Callback):
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
             return
-        for name, value in self.last.items():
-            pl_module.log(f"val/{name}", value, sync_dist=False, rank_zero_only=False)
+        # every rank holds the same values: their mean across ranks is the value (sync_dist says
+        # so to Lightning, which otherwise warns on every epoch-level metric under DDP)
+        pl_module.log_dict({f"val/{name}": value for name, value in self.last.items()}, sync_dist=True)
 
     def state_dict(self) -> dict:
         return {}  # feature extractors and their statistics never go into checkpoints

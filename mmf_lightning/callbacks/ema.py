@@ -1,0 +1,49 @@
+"""EMA of the weights that survives spawn-based DDP.
+
+Lightning's EMAWeightAveraging keeps ``torch.optim.swa_utils.get_ema_avg_fn(decay)``, a closure,
+which ``strategy=ddp_spawn`` (and ``ddp_notebook`` elsewhere than Linux) cannot pickle when it
+sends the trainer to the new processes. This one keeps the same update as a small object.
+"""
+
+import torch
+from lightning.pytorch.callbacks import EMAWeightAveraging as LightningEMA
+
+
+class EMAUpdate:
+    """``ema <- decay * ema + (1 - decay) * current``: torch's EMA update, picklable."""
+
+    def __init__(self, decay: float):
+        if not 0.0 <= decay <= 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1], got {decay}")
+        self.decay = decay
+
+    @torch.no_grad()
+    def __call__(self, ema_param: torch.Tensor, current_param: torch.Tensor, num_averaged) -> torch.Tensor:
+        return self.decay * ema_param + (1 - self.decay) * current_param
+
+    def __repr__(self) -> str:
+        return f"EMAUpdate(decay={self.decay})"
+
+
+class EMAWeightAveraging(LightningEMA):
+    """Lightning's ``EMAWeightAveraging`` (same arguments, same updates and checkpoints) with a
+    picklable averaging function, so every strategy, spawn-based ones included, can use it."""
+
+    def __init__(
+        self,
+        device: torch.device | str | int | None = None,
+        use_buffers: bool = True,
+        decay: float = 0.999,
+        update_every_n_steps: int = 1,
+        update_starting_at_step: int | None = None,
+        update_starting_at_epoch: int | None = None,
+    ):
+        super().__init__(
+            device=device,
+            use_buffers=use_buffers,
+            decay=decay,
+            update_every_n_steps=update_every_n_steps,
+            update_starting_at_step=update_starting_at_step,
+            update_starting_at_epoch=update_starting_at_epoch,
+        )
+        self._kwargs["avg_fn"] = EMAUpdate(decay)
