@@ -28,10 +28,25 @@ class MMFLightningCLI(LightningCLI):
             subclass_mode_data=True,
             seed_everything_default=0,
             save_config_callback=RunConfig,
+            parser_kwargs={
+                "prog": "python -m mmf_lightning",
+                "description": "Train, sample and evaluate one-step generators (Modular MeanFlow and relatives).",
+            },
             save_config_kwargs={"overwrite": True},
             args=args,
             run=run,
         )
+
+    def _add_subcommands(self, parser, **kwargs) -> None:
+        """Lightning's fit / validate / test / predict, and in ``--help`` the package's own
+        commands (run by ``main`` before LightningCLI sees them) with one line each."""
+        from jsonargparse import ArgumentParser
+
+        super()._add_subcommands(parser, **kwargs)
+        for name, (_, _, line) in COMMANDS.items():
+            parser._subcommands_action.add_subcommand(
+                name, ArgumentParser(description=f"{line} See `python -m mmf_lightning {name} --help`."), help=line
+            )
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(LambdaScheduler, "lambda_schedule")
@@ -185,9 +200,13 @@ def sample_main(argv: list[str]) -> Path:
 # the commands LightningCLI does not have: name -> (module, function of the arguments after the name);
 # imported on use, so `fit` does not load the evaluation code
 COMMANDS = {
-    "sample": ("mmf_lightning.cli", "sample_main"),
-    "evaluate": ("mmf_lightning.evaluate", "evaluate_main"),
-    "download-weights": ("mmf_lightning.metrics.weights", "download_weights_main"),
+    "sample": ("mmf_lightning.cli", "sample_main", "Draw samples from a checkpoint into an .npz and a picture."),
+    "evaluate": ("mmf_lightning.evaluate", "evaluate_main", "The paper's metrics for checkpoints: JSON, tables, plot."),
+    "download-weights": (
+        "mmf_lightning.metrics.weights",
+        "download_weights_main",
+        "Stage FID's Inception and LPIPS' AlexNet weights for offline use.",
+    ),
 }
 
 
@@ -203,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     try:
         if args and args[0] in COMMANDS:
-            module, function = COMMANDS[args[0]]
+            module, function, _ = COMMANDS[args[0]]
             getattr(importlib.import_module(module), function)(args[1:])
             return
         MMFLightningCLI(args=None if argv is None else args)

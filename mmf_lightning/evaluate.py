@@ -54,7 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m mmf_lightning evaluate",
         description="The paper's metrics (Tables 2 and 3) for one or more checkpoints, as JSON and markdown.",
     )
-    p.add_argument("ckpt_path", nargs="+", help="checkpoints written by `fit` (e.g. the runs of a sweep)")
+    p.add_argument("ckpt_path", nargs="*", help="checkpoints written by `fit` (e.g. the runs of a sweep)")
+    p.add_argument(
+        "--ckpt_path",
+        dest="ckpt_path_option",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="CKPT",
+        help="the same, spelled as in fit/validate/sample (may be repeated, or mixed with positional paths)",
+    )
     p.add_argument("--output", default="evaluation", help="folder for evaluation.json and evaluation.md")
     p.add_argument("--names", nargs="+", help="row names, one per checkpoint (default: the run folders)")
     p.add_argument(
@@ -240,7 +249,9 @@ def evaluate_main(argv: list[str]) -> dict:
         parser.error(f"unrecognized arguments: {' '.join(rest)} (data options are written --data.init_args.KEY=VALUE)")
     if args.data and args.data.endswith((".yaml", ".yml")) and not Path(args.data).is_file():
         parser.error(f"--data {args.data} does not exist; pass a YAML file of a `data:` section, or a class path")
-    ckpts = [Path(c) for c in args.ckpt_path]
+    ckpts = [Path(c) for c in [*args.ckpt_path, *args.ckpt_path_option]]
+    if not ckpts:
+        parser.error("no checkpoint given; pass one or more, e.g. `evaluate runs/.../checkpoints/last.ckpt`")
     for ckpt in ckpts:
         if not ckpt.is_file():
             parser.error(f"checkpoint {ckpt} does not exist")

@@ -369,6 +369,8 @@ def test_evaluate_writes_tables_for_several_checkpoints(tmp_path, capsys):
     "args, match",
     [
         (["missing.ckpt"], "checkpoint missing.ckpt does not exist"),
+        (["--ckpt_path", "missing.ckpt"], "checkpoint missing.ckpt does not exist"),
+        ([], "no checkpoint given"),
         (["{ckpt}", "--names", "a", "b"], "--names gives 2 names for 1 checkpoints"),
         (["{ckpt}", "--steps", "1"], r"steps >= 2.*got 1000, 250, 1"),
         (["{loose}"], r"no run config for .*loose.ckpt: the checkpoint carries none.*pass --config"),
@@ -469,3 +471,13 @@ def test_ddp_spawn_trains_with_ema_and_refuses_a_closure_before_training(tmp_pat
     assert last.startswith("error: trainer.strategy with start method 'spawn' must pickle every callback")
     assert "use mmf_lightning.callbacks.EMAWeightAveraging" in last
     assert len(list(tmp_path.rglob("*.ckpt"))) == 1  # the first run's: the second stopped before training
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m mmf_lightning")
+    for command in ("fit", "validate", "test", "predict", "sample", "evaluate", "download-weights"):
+        assert re.search(rf"^    {command} +\S", out, re.M), command

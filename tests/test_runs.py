@@ -40,7 +40,7 @@ def _evaluate_alone(ckpt: Path, tmp_path: Path, name: str) -> dict:
     alone = tmp_path / f"alone_{name}" / "model.ckpt"
     alone.parent.mkdir()
     shutil.copy(ckpt, alone)
-    main(["evaluate", str(alone), "--output", str(alone.parent / "eval"), *EVAL])
+    main(["evaluate", "--ckpt_path", str(alone), "--output", str(alone.parent / "eval"), *EVAL])  # as in `sample`
     (record,) = json.loads((alone.parent / "eval" / "evaluation.json").read_text())["runs"].values()
     return record
 
