@@ -481,3 +481,30 @@ def test_help_lists_every_command(capsys):
     assert out.startswith("usage: python -m mmf_lightning")
     for command in ("fit", "validate", "test", "predict", "sample", "evaluate", "download-weights"):
         assert re.search(rf"^    {command} +\S", out, re.M), command
+
+
+def test_a_quickstart_run_prints_nothing_the_user_cannot_act_on(tmp_path):
+    """No Lightning advertisement, no third-party deprecation warnings (narrowly filtered), and
+    the batch / learning-rate line stays."""
+    args = [sys.executable, "-m", "mmf_lightning", "fit", "--config", str(ROOT / "configs/quickstart.yaml"),
+            *_quiet(tmp_path, steps=4), "--trainer.val_check_interval=4",
+            "--data.init_args.num_train=1024"]  # fmt: skip
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for noise in ("Tip:", "litlogger", "LeafSpec", "torch.jit.script", "Warning"):
+        assert noise not in proc.stderr, proc.stderr
+    assert "global batch 256 = 1 device(s) x 256 rows" in proc.stderr
+
+
+def test_the_filters_are_narrow():
+    """The same deprecation message from anywhere else than the library that raises it still shows."""
+    import warnings
+
+    from mmf_lightning.console import quiet_third_party
+
+    quiet_third_party()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        quiet_third_party()  # after simplefilter: the package's filters come first again
+        warnings.warn("`torch.jit.script` is deprecated. Please switch", FutureWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["`torch.jit.script` is deprecated. Please switch"]
