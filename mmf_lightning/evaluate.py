@@ -18,7 +18,7 @@ import yaml
 
 from mmf_lightning.callbacks.run_config import RUN_CONFIG_KEY
 from mmf_lightning.checkpoints import read_checkpoint
-from mmf_lightning.metrics.evaluation import EvaluationSettings, evaluate_model, truth_protocol
+from mmf_lightning.metrics.evaluation import EvaluationSettings, Phases, evaluate_model, truth_protocol
 from mmf_lightning.metrics.ranks import Ranks
 from mmf_lightning.plots import save_metrics_figure
 
@@ -49,6 +49,12 @@ OTHER = [
 ]
 
 
+# sample counts of a full evaluation and of --quick (FID: the run's own count, or at most 1000 quick)
+FULL = {"num_samples": 1000, "steps": 16, "distance_samples": 5000, "timing_repeats": 50}
+QUICK = {"num_samples": 200, "steps": 8, "distance_samples": 2000, "timing_repeats": 5}
+QUICK_FID_SAMPLES = 1000
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m mmf_lightning evaluate",
@@ -76,14 +82,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate on this data instead of the config's (e.g. a shifted set): a YAML file of a `data:` section "
         "(class_path, init_args) or a class path; refine it, or the run's data, with --data.init_args.KEY=VALUE",
     )
-    p.add_argument("--num_samples", type=int, default=1000, help="samples for path metrics and LPIPS")
-    p.add_argument("--steps", type=int, default=16, help="K: the many-step reference and the path grid")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a first look in about a minute: fewer samples ("
+        + ", ".join(f"{k} {v}" for k, v in QUICK.items())
+        + "), marked as quick in the report; explicit counts still win",
+    )
+    p.add_argument("--num_samples", type=int, help=f"samples for path metrics and LPIPS ({FULL['num_samples']})")
+    p.add_argument("--steps", type=int, help=f"K: the many-step reference and the path grid ({FULL['steps']})")
     p.add_argument("--batch_size", type=int, default=250)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--distance_samples", type=int, default=5000, help="low-dimensional data: samples per distance")
-    p.add_argument("--timing_repeats", type=int, default=50, help="timed batch-1 samples (0: no timing)")
+    p.add_argument(
+        "--distance_samples", type=int, help=f"low-dimensional data: samples per distance ({FULL['distance_samples']})"
+    )
+    p.add_argument("--timing_repeats", type=int, help=f"timed batch-1 samples, 0: no timing ({FULL['timing_repeats']})")
     p.add_argument("--fid", choices=["run", "off"], default="run", help="'run': the FID protocol of the run config")
-    p.add_argument("--fid_num_samples", type=int, help="override the run's FID sample count")
+    p.add_argument("--fid_num_samples", type=int, help="override the run's FID sample count (--quick: at most 1000)")
     p.add_argument("--lpips", action=argparse.BooleanOptionalAction, default=True, help="LPIPS metrics on images")
     p.add_argument("--lpips_weights_path", help="torchvision's AlexNet weights (else the torch hub cache)")
     p.add_argument("--accelerator", default="auto", help="cpu, gpu, auto")
@@ -179,8 +194,9 @@ def check_data(module, datamodule, ckpt: Path, data_from: str) -> str | None:
     return None
 
 
-def instantiate_run(config: dict, with_fid: bool, fid_num_samples: int | None):
-    """The run's datamodule and (when configured and asked for) its FID callback."""
+def instantiate_run(config: dict, with_fid: bool, fid_num_samples: int | None, fid_at_most: int | None = None):
+    """The run's datamodule and (when configured and asked for) its FID callback, with
+    ``fid_num_samples`` samples, else the run's own count capped at ``fid_at_most``."""
     import lightning as L
     from jsonargparse import ArgumentParser
 
@@ -189,8 +205,11 @@ def instantiate_run(config: dict, with_fid: bool, fid_num_samples: int | None):
     if "data" not in config:
         raise ValueError("the run config has no `data` section")
     fid_config = config.get("fid") if with_fid else None
-    if fid_config is not None and fid_num_samples is not None:
-        fid_config = {**fid_config, "init_args": {**fid_config.get("init_args", {}), "num_samples": fid_num_samples}}
+    if fid_config is not None and (fid_num_samples is not None or fid_at_most is not None):
+        init_args = fid_config.get("init_args", {})
+        if fid_num_samples is None:
+            fid_num_samples = min(init_args.get("num_samples", 50_000), fid_at_most)
+        fid_config = {**fid_config, "init_args": {**init_args, "num_samples": fid_num_samples}}
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(L.LightningDataModule, "data", required=True)
     parser.add_subclass_arguments(FID, "fid", required=False)
@@ -255,6 +274,9 @@ def evaluate_main(argv: list[str]) -> dict:
     for ckpt in ckpts:
         if not ckpt.is_file():
             parser.error(f"checkpoint {ckpt} does not exist")
+    for key, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     try:
         settings = EvaluationSettings(
             args.num_samples, args.steps, args.batch_size, args.seed, args.distance_samples, args.timing_repeats
@@ -265,7 +287,6 @@ def evaluate_main(argv: list[str]) -> dict:
         parser.error(f"--devices must be >= 1, got {args.devices}")
 
     from lightning.fabric import Fabric
-    from tqdm.auto import tqdm
 
     from mmf_lightning.metrics.lpips import LPIPS
     from mmf_lightning.module import MeanFlowModule
@@ -276,8 +297,10 @@ def evaluate_main(argv: list[str]) -> dict:
         fabric.global_rank, fabric.world_size, lambda t: fabric.all_reduce(t, reduce_op="sum"), fabric.barrier
     )
 
-    # everything that can fail (configs, data, weights) fails here, before any checkpoint is evaluated
-    runs, default_names, data = [], [], {}
+    # everything that can fail (configs, data, weights) fails here, before any checkpoint is evaluated;
+    # runs with the same data and FID protocol (a sweep) share one datamodule and one FID: its
+    # extractor is loaded and its reference statistics computed (or read) once
+    runs, default_names, data, shared = [], [], {}, {}
     for ckpt in ckpts:
         try:
             config, config_path = run_config(ckpt, args.config)
@@ -285,7 +308,11 @@ def evaluate_main(argv: list[str]) -> dict:
             if args.data or overrides:
                 config = {**config, "data": data_section(args.data or config.get("data"), overrides)}
                 data_from += f" {' '.join(overrides)}" if overrides else ""
-            datamodule, fid = instantiate_run(config, args.fid == "run", args.fid_num_samples)
+            key = json.dumps([config.get("data"), config.get("fid") if args.fid == "run" else None], sort_keys=True)
+            if key not in shared:
+                fid_at_most = QUICK_FID_SAMPLES if args.quick else None
+                shared[key] = instantiate_run(config, args.fid == "run", args.fid_num_samples, fid_at_most)
+            datamodule, fid = shared[key]
         except (FileNotFoundError, ValueError, ArgumentError) as err:
             message = str(err) if str(ckpt) in str(err) else f"{ckpt}: {err}"
             parser.error(message.replace("\n", " "))
@@ -303,23 +330,34 @@ def evaluate_main(argv: list[str]) -> dict:
         parser.error(f"row names must differ, got {names}; pass --names")
     images = any(hasattr(dm, "reference_set") for _, _, dm, _ in runs)
     lpips = LPIPS(args.lpips_weights_path).to(fabric.device) if images and args.lpips else None
-    for _, _, datamodule, fid in runs:
+    echo = print if ranks.is_zero else None
+    for datamodule, fid in shared.values():
         if fid is not None:
-            fid.prepare(datamodule, fabric.device, ranks)
+            with Phases(echo)("FID reference statistics", f"{type(datamodule).__name__}, {fid.reference_split} split"):
+                fid.prepare(datamodule, fabric.device, ranks)
 
     results, records = {}, {}
-    for name, (ckpt, config_path, datamodule, fid) in tqdm(
-        list(zip(names, runs)), desc="checkpoints", disable=not ranks.is_zero
-    ):
+    for i, (name, (ckpt, config_path, datamodule, fid)) in enumerate(zip(names, runs)):
+        if echo:
+            echo(f"[{i + 1}/{len(runs)}] {name}" + (" (quick: smaller sample counts)" if args.quick else ""))
         module = MeanFlowModule.load_from_checkpoint(ckpt, map_location="cpu").to(fabric.device).eval()
         is_image = hasattr(datamodule, "reference_set")
+        phases = Phases(echo)
         metrics = evaluate_model(
-            module, datamodule, settings, ranks, lpips=lpips if is_image else None, fid=fid, progress=True
+            module,
+            datamodule,
+            settings,
+            ranks,
+            lpips=lpips if is_image else None,
+            fid=fid,
+            progress=True,
+            phases=phases,
         )
         variance = module.loss_variance()
         metrics["loss_variance"] = float(variance) if variance is not None else None
         results[name] = metrics
         records[name] = {"checkpoint": str(ckpt), "config": str(config_path), **data[ckpt], "metrics": metrics}
+        records[name]["timings"] = phases.done
         kind, note = truth_protocol(datamodule)
         if note is not None:
             records[name]["trajectory_truth"] = note if kind is None else f"computed on {note}"
@@ -334,12 +372,15 @@ def evaluate_main(argv: list[str]) -> dict:
     if ranks.is_zero:
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)
-        report = {"settings": vars(settings), "devices": fabric.world_size, "runs": records}
+        report = {"settings": vars(settings), "quick": args.quick, "devices": fabric.world_size, "runs": records}
         (out / "evaluation.json").write_text(json.dumps(report, indent=2))
         table = markdown(results) + data_notes(records)
+        quick = (
+            "**Quick evaluation** (`--quick`: smaller sample counts, for a first look; not comparable with full ones). "
+        )
         (out / "evaluation.md").write_text(
-            f"# Evaluation\n\n{len(results)} checkpoint(s); definitions in docs/metrics.md; settings: "
-            f"{json.dumps(vars(settings))}\n\n{table}"
+            f"# Evaluation\n\n{quick if args.quick else ''}{len(results)} checkpoint(s); definitions in "
+            f"docs/metrics.md; settings: {json.dumps(vars(settings))}\n\n{table}"
         )
         save_metrics_figure(results, TABLE_2 + TABLE_3[:1] + TABLE_3[2:4] + OTHER, out / "evaluation.png")
         print(table)

@@ -508,3 +508,36 @@ def test_the_filters_are_narrow():
         quiet_third_party()  # after simplefilter: the package's filters come first again
         warnings.warn("`torch.jit.script` is deprecated. Please switch", FutureWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["`torch.jit.script` is deprecated. Please switch"]
+
+
+# -- evaluate says what it does ---------------------------------------------------------------------------
+def test_evaluate_quick_states_its_counts_and_a_sweep_shares_the_reference(digits_checkpoint, tmp_path, capsys,
+                                                                          monkeypatch):  # fmt: skip
+    """Two checkpoints of one run config (as in a sweep): the FID extractor and reference statistics
+    are prepared once; each checkpoint's metric groups are printed with their sample counts and
+    times; --quick's smaller counts are stated in the report, and an explicit count still wins."""
+    from mmf_lightning.callbacks import FID
+
+    prepared = []
+    prepare = FID.prepare
+    monkeypatch.setattr(FID, "prepare", lambda self, *a, **k: (prepared.append(self), prepare(self, *a, **k))[1])
+    out = tmp_path / "quick"
+    main(["evaluate", str(digits_checkpoint), "--ckpt_path", str(digits_checkpoint), "--names", "a", "b",
+          "--quick", "--num_samples", "100", "--no-lpips", "--output", str(out)])  # fmt: skip
+    assert len(prepared) == 1
+    printed = capsys.readouterr().out
+    assert "[1/2] a (quick: smaller sample counts)" in printed and "[2/2] b" in printed
+    assert re.search(r"FID reference statistics: DigitsDataModule, train split, [0-9.]+ s", printed)
+    assert re.search(r"  path metrics: 100 samples x 8 steps, [0-9.]+ s", printed)
+    assert re.search(r"  FID: 300 samples, 1/2 step\(s\), [0-9.]+ s", printed)  # the run's 300, below quick's 1000
+    report = json.loads((out / "evaluation.json").read_text())
+    assert report["quick"] is True and report["settings"]["num_samples"] == 100 and report["settings"]["steps"] == 8
+    assert report["settings"]["timing_repeats"] == 5
+    timings = report["runs"]["a"]["timings"]
+    assert set(timings) == {"path metrics", "FID", "inference time"} and all(
+        t["seconds"] >= 0 for t in timings.values()
+    )
+    assert report["runs"]["a"]["metrics"] == report["runs"]["b"]["metrics"] | {
+        "inference_time": report["runs"]["a"]["metrics"]["inference_time"]
+    }
+    assert (out / "evaluation.md").read_text().count("**Quick evaluation**") == 1

@@ -10,6 +10,7 @@ is asked only for what it has: ``reference_samples`` (low-dimensional data) and
 
 import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -142,18 +143,72 @@ def inference_time(module, repeats: int = 50, warmup: int = 10) -> float:
     return statistics.median(times)
 
 
+class Phases:
+    """How long each group of metrics took and on how many samples: ``{name: {"samples", "seconds"}}``,
+    said as each ends when ``echo`` is given (e.g. ``print`` on rank 0)."""
+
+    def __init__(self, echo=None):
+        self.done: dict[str, dict] = {}
+        self.echo = echo
+
+    @contextmanager
+    def __call__(self, name: str, samples: str):
+        start = time.perf_counter()
+        yield
+        seconds = time.perf_counter() - start
+        self.done[name] = {"samples": samples, "seconds": round(seconds, 2)}
+        if self.echo is not None:
+            self.echo(f"  {name}: {samples}, {seconds:.1f} s")
+
+
 def evaluate_model(
-    module, datamodule, settings: EvaluationSettings, ranks: Ranks = SINGLE, lpips=None, fid=None, progress=False
+    module,
+    datamodule,
+    settings: EvaluationSettings,
+    ranks: Ranks = SINGLE,
+    lpips=None,
+    fid=None,
+    progress=False,
+    phases: Phases | None = None,
 ) -> dict[str, float]:
     """All metrics that apply to this model and data, as {name: value} (the same on every rank).
 
     ``lpips``: a ``metrics.lpips.LPIPS`` (images), adds LPIPS along the path and across seeds.
     ``fid``: a prepared ``callbacks.FID``, adds ``fid_{k}step``. Inference time is measured on
-    rank 0 only (0.0 elsewhere) when ``settings.timing_repeats`` > 0.
+    rank 0 only (0.0 elsewhere) when ``settings.timing_repeats`` > 0. ``phases`` records the
+    time and sample count of each group of metrics.
     """
+    phase = phases if phases is not None else Phases()
     sums = Sums()
     truth_kind, _ = truth_protocol(datamodule)
     with_truth = truth_kind is not None
+    with phase(
+        "path metrics", f"{settings.num_samples} samples x {settings.steps} steps" + (", LPIPS" if lpips else "")
+    ):
+        _path_sums(module, datamodule, settings, ranks, lpips, progress, truth_kind, sums)
+    names = ["one_step_error", "d_path", "smoothness"]
+    names += ["path_error", "end_error", "one_step_error_truth"] if with_truth else []
+    names += ["lpips_path", "lpips_diversity"] if lpips is not None else []
+    reduced = sums.reduce(ranks, names, module.device)
+    out = {name: reduced[name]["mean"] for name in names}
+    if lpips is not None:
+        out["lpips_diversity_std"] = reduced["lpips_diversity"]["std"]
+    if callable(getattr(datamodule, "reference_samples", None)):
+        with phase("distances", f"{settings.distance_samples} samples, 1 and 2 steps"):
+            out.update(distances(module, datamodule, settings))
+    if fid is not None:
+        with phase("FID", f"{fid.num_samples} samples, {'/'.join(map(str, fid.steps))} step(s)"):
+            out.update({f"fid_{k}step": v for k, v in fid.measure(module, ranks, progress).items()})
+    if settings.timing_repeats > 0:
+        with phase("inference time", f"{settings.timing_repeats} timed samples at batch 1"):
+            out["inference_time"] = (
+                inference_time(module, settings.timing_repeats, settings.timing_warmup) if ranks.is_zero else 0.0
+            )
+    return out
+
+
+def _path_sums(module, datamodule, settings, ranks, lpips, progress, truth_kind, sums: Sums) -> None:
+    """The per-sample path metrics (and truth errors, LPIPS) of this rank's blocks, into ``sums``."""
     blocks = ranks.seeded_blocks(settings.num_samples, settings.batch_size, settings.seed, module.device)
     for n, g in tqdm(blocks, desc="path metrics", disable=not (progress and ranks.is_zero), leave=False):
         e, y = module.draw_starts(n, None, g)
@@ -170,19 +225,3 @@ def evaluate_model(
             truth = paths[:, b * settings.batch_size : b * settings.batch_size + n]
             for name, values in truth_errors(module, datamodule, truth[0].to(module.device), None, truth).items():
                 sums.add(name, values)
-    names = ["one_step_error", "d_path", "smoothness"]
-    names += ["path_error", "end_error", "one_step_error_truth"] if with_truth else []
-    names += ["lpips_path", "lpips_diversity"] if lpips is not None else []
-    reduced = sums.reduce(ranks, names, module.device)
-    out = {name: reduced[name]["mean"] for name in names}
-    if lpips is not None:
-        out["lpips_diversity_std"] = reduced["lpips_diversity"]["std"]
-    if callable(getattr(datamodule, "reference_samples", None)):
-        out.update(distances(module, datamodule, settings))
-    if fid is not None:
-        out.update({f"fid_{k}step": v for k, v in fid.measure(module, ranks, progress).items()})
-    if settings.timing_repeats > 0:
-        out["inference_time"] = (
-            inference_time(module, settings.timing_repeats, settings.timing_warmup) if ranks.is_zero else 0.0
-        )
-    return out
