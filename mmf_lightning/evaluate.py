@@ -70,7 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CKPT",
         help="the same, spelled as in fit/validate/sample (may be repeated, or mixed with positional paths)",
     )
-    p.add_argument("--output", default="evaluation", help="folder for evaluation.json and evaluation.md")
+    p.add_argument(
+        "--output",
+        help="folder for evaluation.json, .md, .png (default: evaluation; evaluation/<name> with --data <name>.yaml)",
+    )
+    p.add_argument(
+        "--wandb",
+        action="store_true",
+        help="also log the results to a W&B run (project $WANDB_PROJECT or mmf-lightning; under an agent, its run)",
+    )
     p.add_argument("--names", nargs="+", help="row names, one per checkpoint (default: the run folders)")
     p.add_argument(
         "--config",
@@ -370,7 +378,8 @@ def evaluate_main(argv: list[str]) -> dict:
                 "feature_extractor": type(fid.extractor).__name__,
             }
     if ranks.is_zero:
-        out = Path(args.output)
+        default = Path("evaluation") / Path(args.data).stem if args.data else Path("evaluation")
+        out = Path(args.output) if args.output else default
         out.mkdir(parents=True, exist_ok=True)
         report = {"settings": vars(settings), "quick": args.quick, "devices": fabric.world_size, "runs": records}
         (out / "evaluation.json").write_text(json.dumps(report, indent=2))
@@ -385,4 +394,27 @@ def evaluate_main(argv: list[str]) -> dict:
         save_metrics_figure(results, TABLE_2 + TABLE_3[:1] + TABLE_3[2:4] + OTHER, out / "evaluation.png")
         print(table)
         print(f"wrote {out / 'evaluation.json'}, {out / 'evaluation.md'} and {out / 'evaluation.png'}")
+        if args.wandb:
+            log_to_wandb(report, results, out)
     return results
+
+
+def log_to_wandb(report: dict, results: dict[str, dict[str, float]], out: Path) -> None:
+    """One W&B run (job type "evaluate") with the report's settings and data as its config, every
+    checkpoint's metrics in its summary (``<row>/<metric>``) and as a table, and the bar chart."""
+    import os
+
+    import wandb
+
+    runs = report["runs"]
+    config = {"settings": report["settings"], "quick": report["quick"]}
+    config["evaluated"] = {name: {"checkpoint": r["checkpoint"], "data": r["description"]} for name, r in runs.items()}
+    project = os.environ.get("WANDB_PROJECT", "mmf-lightning")
+    run = wandb.init(project=project, job_type="evaluate", config=config, dir=str(out))  # W&B's files beside the report
+    columns = sorted({key for metrics in results.values() for key in metrics})
+    table = wandb.Table(columns=["model", *columns])
+    for name, metrics in results.items():
+        table.add_data(name, *[metrics.get(c) for c in columns])
+        run.summary.update({f"{name}/{k}": v for k, v in metrics.items() if v is not None})
+    run.log({"evaluation": table, "evaluation_chart": wandb.Image(str(out / "evaluation.png"))})
+    run.finish()

@@ -165,3 +165,27 @@ class NaNInjector(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_rank == self.rank and trainer.global_step == self.step:
             batch["x"][0] = float("nan")
+
+
+# command-line options that make the image configs run here: a small UNet
+SMALL_UNET = [
+    "--model.net.init_args.channels=16",
+    "--model.net.init_args.channel_mult=[1,2]",
+    "--model.net.init_args.num_res_blocks=1",
+    "--model.net.init_args.groups=8",
+]
+
+# datasets that cannot be on this machine, and the small data of the same shape that stands in;
+# their FID keeps its path (reference statistics at setup) with a small extractor, not Inception
+SMALL_FID = ["--fid.init_args.feature_extractor=helpers.TinyExtractor", "--fid.init_args.num_samples=16"]
+STAND_INS = {
+    "cifar10": ["--data=helpers.SmallImages", "--data.init_args.batch_size=8", *SMALL_FID],
+    "cifar10_low_data": ["--data=helpers.SmallImages", "--data.init_args.batch_size=8", *SMALL_FID],
+    "imagenet64": [
+        "--data=helpers.SmallImages",
+        "--data.init_args.batch_size=4",
+        "--data.init_args.image_size=64",
+        "--data.init_args.num_classes=1000",
+        *SMALL_FID,
+    ],
+}

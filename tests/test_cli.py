@@ -11,17 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import SMALL_UNET, STAND_INS
 
 from mmf_lightning.cli import MMFLightningCLI, main
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if "presets" not in p.parts)
-SMALL_UNET = [
-    "--model.net.init_args.channels=16",
-    "--model.net.init_args.channel_mult=[1,2]",
-    "--model.net.init_args.num_res_blocks=1",
-    "--model.net.init_args.groups=8",
-]
 
 
 def _quiet(tmp_path, steps=2):
@@ -58,22 +53,6 @@ def test_there_is_a_config_per_table_2_row():
         "flow_matching",
         "consistency",
     } <= names
-
-
-# datasets that cannot be on this machine, and the small data of the same shape that stands in;
-# their FID keeps its path (reference statistics at setup) with a small extractor, not Inception
-SMALL_FID = ["--fid.init_args.feature_extractor=helpers.TinyExtractor", "--fid.init_args.num_samples=16"]
-STAND_INS = {
-    "cifar10": ["--data=helpers.SmallImages", "--data.init_args.batch_size=8", *SMALL_FID],
-    "cifar10_low_data": ["--data=helpers.SmallImages", "--data.init_args.batch_size=8", *SMALL_FID],
-    "imagenet64": [
-        "--data=helpers.SmallImages",
-        "--data.init_args.batch_size=4",
-        "--data.init_args.image_size=64",
-        "--data.init_args.num_classes=1000",
-        *SMALL_FID,
-    ],
-}
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))

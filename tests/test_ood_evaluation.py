@@ -14,6 +14,7 @@ import pytest
 import scipy.linalg
 import torch
 import yaml
+from helpers import SMALL_UNET
 
 from mmf_lightning.cli import MMFLightningCLI, main
 from mmf_lightning.data import DigitsDataModule, ShiftDataModule
@@ -21,12 +22,6 @@ from mmf_lightning.data import DigitsDataModule, ShiftDataModule
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "configs/digits/lambda1.yaml"
 NOISE = ROOT / "configs/presets/data_shift_digits_gaussian_noise.yaml"
-SMALL_UNET = [
-    "--model.net.init_args.channels=16",
-    "--model.net.init_args.channel_mult=[1,2]",
-    "--model.net.init_args.num_res_blocks=1",
-    "--model.net.init_args.groups=8",
-]
 FAST = ["--num_samples", "40", "--steps", "2", "--batch_size", "20", "--timing_repeats", "0", "--no-lpips"]
 
 

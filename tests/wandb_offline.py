@@ -54,10 +54,11 @@ class OfflineRun:
     config: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
 
 
 def read_run(run_folder: str | Path) -> OfflineRun:
-    """The config (values JSON-decoded), history rows and file paths of an offline run folder
+    """The config (values JSON-decoded), history rows, file paths and summary of an offline run folder
     (``wandb/offline-run-<time>-<id>``)."""
     (path,) = Path(run_folder).glob("run-*.wandb")
     run = OfflineRun()
@@ -69,6 +70,11 @@ def read_run(run_folder: str | Path) -> OfflineRun:
             items = record.config.update
         elif kind == "history":
             run.history.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
+            continue
+        elif kind == "summary":
+            run.summary.update(
+                {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.summary.update}
+            )
             continue
         elif kind == "files":
             run.files += [f.path for f in record.files.files]

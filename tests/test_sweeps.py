@@ -1,0 +1,149 @@
+"""The W&B sweeps in configs/sweeps/: every command of every grid is built the way W&B's agent
+builds it (wandb's own argument formatting) and parses with the CLI; one command of each sweep
+runs a few steps on small data, logged to an offline W&B run. Creating a sweep needs the W&B
+server, so `wandb sweep` itself is not run here."""
+
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import SMALL_UNET, STAND_INS
+
+from mmf_lightning.cli import MMFLightningCLI, main
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEPS = sorted((ROOT / "configs" / "sweeps").glob("*.yaml"))
+
+
+def grid(sweep: dict) -> list[dict]:
+    """Every parameter combination of a grid sweep: [{name: value}]."""
+    names, choices = [], []
+    for name, spec in sweep["parameters"].items():
+        names.append(name)
+        choices.append(spec["values"] if "values" in spec else [spec["value"]])
+    return [dict(zip(names, combination)) for combination in itertools.product(*choices)]
+
+
+def agent_command(sweep: dict, params: dict) -> list[str]:
+    """The argv W&B's agent runs for ``params`` (wandb_agent.Agent._command_run, with wandb's own
+    ``create_sweep_command_args``), less ``${env}``; the interpreter is this one."""
+    from wandb.sdk.launch.sweeps import utils as sweep_utils
+
+    variables = sweep_utils.create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})
+    variables.update(interpreter=[sys.executable], program=[sweep["program"]], env=[])
+    argv = []
+    for chunk in sweep_utils.create_sweep_command(list(sweep["command"])):
+        chunk = str(chunk)
+        argv += variables.get(chunk[2:-1]) or [] if chunk.startswith("${") and chunk.endswith("}") else [chunk]
+    return argv
+
+
+class ParseOnly(MMFLightningCLI):
+    """The CLI up to a validated config: nothing is built or run."""
+
+    def instantiate_classes(self) -> None:
+        pass
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        pass
+
+
+def _load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
+def test_every_command_of_every_sweep_parses(path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the agent runs from the repository's root: relative config paths
+    sweep = _load(path)
+    assert sweep["method"] == "grid" and (ROOT / sweep["program"]).is_file()
+    assert sweep["command"][:4] == ["${env}", "${interpreter}", "-m", "mmf_lightning"] and "${args}" in sweep["command"]
+    combinations = grid(sweep)
+    assert len({json.dumps(c, sort_keys=True) for c in combinations}) == len(combinations) > 0
+    for params in combinations:
+        argv = agent_command(sweep, params)
+        assert argv[:3] == [sys.executable, "-m", "mmf_lightning"]
+        command, args = argv[3], argv[4:]
+        for name, value in params.items():  # one argv element each, as --key=value
+            assert f"--{name}={value}" in args
+        if command == "fit":
+            cfg = ParseOnly(args=["fit", *args]).config.fit
+            if "lambda_schedule.schedule" in params:
+                expected = json.loads(params["lambda_schedule.schedule"])
+                assert cfg.lambda_schedule.schedule.class_path == expected["class_path"]
+                for key, value in expected["init_args"].items():
+                    assert cfg.lambda_schedule.schedule.init_args[key] == value
+            for name, value in params.items():
+                if name != "lambda_schedule.schedule":
+                    assert cfg[name] == value, name
+            assert cfg.trainer.logger.class_path.endswith("WandbLogger")
+        else:
+            from mmf_lightning.evaluate import build_parser
+
+            parsed, rest = build_parser().parse_known_args(args)
+            assert rest == [] and parsed.wandb and parsed.ckpt_path_option == [params["ckpt_path"]]
+            assert (ROOT / parsed.data).is_file()
+
+
+@pytest.fixture(scope="module")
+def digits_checkpoint(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("digits")
+    cli = MMFLightningCLI(args=[
+        "fit", "--config", str(ROOT / "configs/digits/lambda1.yaml"), *SMALL_UNET, "--trainer.max_steps=2",
+        "--trainer.val_check_interval=2", f"--trainer.default_root_dir={tmp}", "--trainer.enable_progress_bar=false",
+        "--fid.init_args.num_samples=100", f"--fid.init_args.cache_dir={tmp / 'fid'}",
+        f"--fid.init_args.feature_extractor.init_args.weights_path={tmp / 'digits.pt'}",
+    ])  # fmt: skip
+    return Path(cli.trainer.checkpoint_callback.last_model_path)
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
+def test_one_command_of_each_sweep_runs_on_small_data(path, tmp_path, monkeypatch, digits_checkpoint,
+                                                      torch_home_with_alexnet):  # fmt: skip
+    """The first command of each grid, with the stand-in data and net of the configs' tests and
+    two steps (no validation), logged to an offline W&B run whose config holds the swept values."""
+    from wandb_offline import read_run
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("TORCH_HOME", str(torch_home_with_alexnet))  # LPIPS' backbone, untrained
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    sweep = _load(path)
+    params = grid(sweep)[0]
+    argv = agent_command(sweep, params)[3:]
+    if argv[0] == "evaluate":  # the OOD pass, on a digits checkpoint and a shifted digits set
+        argv = [a for a in argv if not a.startswith(("--ckpt_path=", "--data=", "--fid_num_samples="))]
+        argv += [f"--ckpt_path={digits_checkpoint}", "--data=configs/presets/data_shift_digits_gaussian_noise.yaml",
+                 "--quick", "--no-lpips", "--fid_num_samples=100", f"--output={tmp_path / 'eval'}"]  # fmt: skip
+        main(argv)
+        (run_dir,) = (tmp_path / "eval" / "wandb").glob("offline-run-*")  # beside the report
+        run = read_run(run_dir)
+        assert run.config["evaluated"][next(iter(run.config["evaluated"]))]["data"].startswith(
+            "ShiftDataModule(kind=digits_gaussian_noise"
+        )
+        assert any(key.endswith("/fid_1step") for key in run.summary)
+        return
+    config = argv[argv.index("--config") + 1]
+    task = Path(config).parent.name
+    small = [*STAND_INS.get(task, []), *(SMALL_UNET if task in STAND_INS else [])]
+    if task == "cifar10_low_data":  # the stand-in data has no subset_fraction
+        argv = [a for a in argv if not a.startswith("--data.init_args.subset_fraction=")]
+    cli = MMFLightningCLI(args=[
+        *argv, *small, "--trainer.max_steps=2", "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={tmp_path / 'runs'}",
+        *([f"--fid.init_args.cache_dir={tmp_path / 'fid'}"] if "fid:" in (ROOT / config).read_text() else []),
+    ])  # fmt: skip
+    run_id = cli.trainer.logger.version
+    cli.trainer.logger.experiment.finish()
+    assert cli.trainer.global_step == 2
+    (run_dir,) = (tmp_path / "runs" / "wandb").glob(f"offline-run-*-{run_id}")  # beside the run folders
+    logged = read_run(run_dir).config
+    if "model.objective.init_args.tangent" in params:
+        assert logged["model"]["objective"]["init_args"]["tangent"] == params["model.objective.init_args.tangent"]
+    if "lambda_schedule.schedule" in params:
+        expected, schedule = json.loads(params["lambda_schedule.schedule"]), logged["lambda_schedule"]["schedule"]
+        assert schedule["class_path"] == expected["class_path"]
+        assert {k: schedule["init_args"][k] for k in expected["init_args"]} == expected["init_args"]
