@@ -84,7 +84,9 @@ class MeanFlowModule(L.LightningModule):
     ):
         super().__init__()
         if lr <= 0 or min_lr < 0 or min_lr > lr:
-            raise ValueError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={lr}, min_lr={min_lr}")
+            raise ValueError(
+                f"need lr > 0 and 0 <= min_lr <= lr, got lr={lr}, min_lr={min_lr}; set model.lr and model.min_lr"
+            )
         if lr_warmup_steps < 0:
             raise ValueError(f"lr_warmup_steps must be >= 0, got {lr_warmup_steps}")
         if lr_decay not in ("cosine", "constant"):

@@ -520,3 +520,31 @@ def test_evaluate_quick_states_its_counts_and_a_sweep_shares_the_reference(digit
         "inference_time": report["runs"]["a"]["metrics"]["inference_time"]
     }
     assert (out / "evaluation.md").read_text().count("**Quick evaluation**") == 1
+
+
+@pytest.mark.parametrize(
+    "config, extra, expected",
+    [
+        ("quickstart.yaml", ["--model.lr=-1"], "error: need lr > 0 and 0 <= min_lr <= lr, got lr=-1.0"),
+        ("quickstart.yaml", ["--model.net.init_args.dim=3"], "error: the network expects data of shape (3,)"),
+        ("cifar10/mmf_curriculum.yaml", ["--data.init_args.root={tmp}"], "error: CIFAR-10 not found: expected"),
+        (
+            "cifar10/mmf_curriculum.yaml",
+            [],
+            "error: LPIPS' AlexNet backbone weights alexnet-owt-7be5be79.pth are missing",
+        ),
+    ],
+    ids=["bad value", "bad shape", "missing dataset", "missing weights"],
+)
+def test_errors_the_user_can_fix_end_in_one_line(config, extra, expected, tmp_path, capsys, monkeypatch):
+    """Through the command line (main), not as a traceback: `error: ...; <what to do>`, exit status 2."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    args = ["fit", "--config", str(ROOT / "configs" / config), *_quiet(tmp_path), *SMALL_UNET * ("cifar" in config)]
+    if "root" not in " ".join(extra) and "cifar" in config:
+        args += STAND_INS["cifar10"]
+    with pytest.raises(SystemExit) as info:
+        main([*args, *(e.format(tmp=tmp_path) for e in extra)])
+    err = capsys.readouterr().err.rstrip().splitlines()
+    assert info.value.code == 2
+    assert err[-1].startswith(expected) and ";" in err[-1], err[-5:]
+    assert not any(line.startswith("Traceback") for line in err)

@@ -65,7 +65,7 @@ class ArrayImages(Dataset):
 
 
 def missing(what: str, path: Path, fix: str) -> FileNotFoundError:
-    return FileNotFoundError(f"{what} not found: expected {path}. {fix}")
+    return FileNotFoundError(f"{what} not found: expected {path}; {fix[0].lower()}{fix[1:]}")
 
 
 class ImageDataModule(DataModuleBase):
