@@ -107,7 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timing_repeats", type=int, help=f"timed batch-1 samples, 0: no timing ({FULL['timing_repeats']})")
     p.add_argument("--fid", choices=["run", "off"], default="run", help="'run': the FID protocol of the run config")
     p.add_argument("--fid_num_samples", type=int, help="override the run's FID sample count (--quick: at most 1000)")
-    p.add_argument("--lpips", action=argparse.BooleanOptionalAction, default=True, help="LPIPS metrics on images")
+    p.add_argument(
+        "--lpips",
+        action=argparse.BooleanOptionalAction,
+        help="LPIPS metrics on images (default: as the run's PathMetrics, e.g. off for the offline digits; else on)",
+    )
     p.add_argument("--lpips_weights_path", help="torchvision's AlexNet weights (else the torch hub cache)")
     p.add_argument("--accelerator", default="auto", help="cpu, gpu, auto")
     p.add_argument("--devices", type=int, default=1, help="processes (DDP when > 1)")
@@ -225,6 +229,17 @@ def instantiate_run(config: dict, with_fid: bool, fid_num_samples: int | None, f
     return objects.data, objects.fid
 
 
+def run_uses_lpips(config: dict) -> bool:
+    """Whether the run validated with LPIPS: its PathMetrics callback's ``lpips`` (True when the run
+    had no PathMetrics)."""
+    trainer = config.get("trainer")
+    callbacks = (trainer.get("callbacks") if isinstance(trainer, dict) else None) or []
+    for cb in callbacks if isinstance(callbacks, list) else [callbacks]:
+        if isinstance(cb, dict) and str(cb.get("class_path", "")).endswith("PathMetrics"):
+            return bool((cb.get("init_args") or {}).get("lpips", True))
+    return True
+
+
 def row_name(ckpt: Path, config: dict) -> str:
     """``<run name>/version_<n>`` (the logger's name, e.g. ``digits/lambda1``) for a run's
     last.ckpt, with ``@<checkpoint>`` for its other checkpoints."""
@@ -329,15 +344,15 @@ def evaluate_main(argv: list[str]) -> dict:
             parser.error(problem)
         section = config["data"] if isinstance(config["data"], dict) else data_section(config["data"], [])
         data[ckpt] = {"from": data_from, "data": section, "description": describe_data(section)}
-        runs.append((ckpt, config_path, datamodule, fid))
+        with_lpips = run_uses_lpips(config) if args.lpips is None else args.lpips
+        runs.append((ckpt, config_path, datamodule, fid, with_lpips and hasattr(datamodule, "reference_set")))
         default_names.append(row_name(ckpt, config))
     names = args.names or default_names
     if len(names) != len(ckpts):
         parser.error(f"--names gives {len(names)} names for {len(ckpts)} checkpoints")
     if len(set(names)) != len(names):
         parser.error(f"row names must differ, got {names}; pass --names")
-    images = any(hasattr(dm, "reference_set") for _, _, dm, _ in runs)
-    lpips = LPIPS(args.lpips_weights_path).to(fabric.device) if images and args.lpips else None
+    lpips = LPIPS(args.lpips_weights_path).to(fabric.device) if any(run[-1] for run in runs) else None
     echo = print if ranks.is_zero else None
     for datamodule, fid in shared.values():
         if fid is not None:
@@ -345,18 +360,17 @@ def evaluate_main(argv: list[str]) -> dict:
                 fid.prepare(datamodule, fabric.device, ranks)
 
     results, records = {}, {}
-    for i, (name, (ckpt, config_path, datamodule, fid)) in enumerate(zip(names, runs)):
+    for i, (name, (ckpt, config_path, datamodule, fid, with_lpips)) in enumerate(zip(names, runs)):
         if echo:
             echo(f"[{i + 1}/{len(runs)}] {name}" + (" (quick: smaller sample counts)" if args.quick else ""))
         module = MeanFlowModule.load_from_checkpoint(ckpt, map_location="cpu").to(fabric.device).eval()
-        is_image = hasattr(datamodule, "reference_set")
         phases = Phases(echo)
         metrics = evaluate_model(
             module,
             datamodule,
             settings,
             ranks,
-            lpips=lpips if is_image else None,
+            lpips=lpips if with_lpips else None,
             fid=fid,
             progress=True,
             phases=phases,
