@@ -501,8 +501,22 @@ def test_evaluate_quick_states_its_counts_and_a_sweep_shares_the_reference(digit
     prepare = FID.prepare
     monkeypatch.setattr(FID, "prepare", lambda self, *a, **k: (prepared.append(self), prepare(self, *a, **k))[1])
     out = tmp_path / "quick"
-    main(["evaluate", str(digits_checkpoint), "--ckpt_path", str(digits_checkpoint), "--names", "a", "b",
-          "--quick", "--num_samples", "100", "--no-lpips", "--output", str(out)])  # fmt: skip
+    main(
+        [
+            "evaluate",
+            str(digits_checkpoint),
+            "--ckpt_path",
+            str(digits_checkpoint),
+            "--names",
+            "a",
+            "b",
+            "--quick",
+            "--num_samples",
+            "100",
+            "--output",
+            str(out),
+        ]
+    )  # fmt: skip  (LPIPS off as in the run's PathMetrics)
     assert len(prepared) == 1
     printed = capsys.readouterr().out
     assert "[1/2] a (quick: smaller sample counts)" in printed and "[2/2] b" in printed
