@@ -149,33 +149,22 @@ def test_missing_cifar10_is_named_with_the_fix(tmp_path):
 
 
 # -- DDP over gloo: JVP inside DistributedDataParallel ------------------------------------------
-def test_ddp_two_ranks_lambda_one_gradients_agree(tmp_path):
-    """torch.func.jvp cannot run on the DDP wrapper; the objective calls the inner network.
-    With lambda = 1 every parameter must get a gradient, all-reduced to the same value on both ranks,
-    and that value is the gradient of the mean loss over the combined batch of both ranks, replayed
-    here in one process from each rank's batch and random state (not only 1 rank against 2)."""
-    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    cmd = [
-        sys.executable,
-        "-m",
-        "mmf_lightning",
-        "fit",
-        "--config",
-        str(ROOT / "configs/quickstart.yaml"),
-        *_quiet(tmp_path, steps=1),
-        "--trainer.strategy=ddp",
-        "--trainer.devices=2",
-        "--lambda_schedule.schedule=mmf_lightning.objectives.Constant",
-        "--lambda_schedule.schedule.init_args.value=1.0",
-        "--model.objective.init_args.tangent=conditional",
-        "--trainer.callbacks+=helpers.GradientRecorder",
-        f"--trainer.callbacks.out_dir={tmp_path / 'grads'}",
-        "--trainer.callbacks+=helpers.FirstStepRecorder",
-        f"--trainer.callbacks.out_dir={tmp_path / 'grads'}",
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = [torch.load(tmp_path / "grads" / f"rank{i}.pt") for i in (0, 1)]
+GRADIENT_RUN = [
+    "--lambda_schedule.schedule=mmf_lightning.objectives.Constant",
+    "--lambda_schedule.schedule.init_args.value=1.0",
+    "--model.objective.init_args.tangent=conditional",
+    "--trainer.callbacks+=helpers.GradientRecorder",
+    "--trainer.callbacks.out_dir={grads}",
+    "--trainer.callbacks+=helpers.FirstStepRecorder",
+    "--trainer.callbacks.out_dir={grads}",
+]
+
+
+def _check_gradients_of_two_ranks(grads: Path) -> None:
+    """Every parameter got a gradient, all-reduced to the same value on both ranks, and that value is
+    the gradient of the mean loss over the combined batch of both ranks, replayed here in one process
+    from each rank's batch and random state (not only 1 rank against 2)."""
+    ranks = [torch.load(grads / f"rank{i}.pt") for i in (0, 1)]
     for rank in ranks:
         assert rank["missing"] == [] and rank["lam"] == 1.0
     assert ranks[0]["grads"].keys() == ranks[1]["grads"].keys()
@@ -183,12 +172,11 @@ def test_ddp_two_ranks_lambda_one_gradients_agree(tmp_path):
         torch.testing.assert_close(ranks[1]["grads"][name], g0, msg=name)
     assert sum(g.norm() for g in ranks[0]["grads"].values()) > 0
 
-    # one process, the combined batch: each rank's half replayed from its own random state
     from mmf_lightning import MeanFlowModule
     from mmf_lightning.nets import MLP
     from mmf_lightning.objectives import ModularMeanFlow, TimeSampler
 
-    starts = [torch.load(tmp_path / "grads" / f"start_rank{i}.pt") for i in (0, 1)]
+    starts = [torch.load(grads / f"start_rank{i}.pt") for i in (0, 1)]
     assert starts[0]["batch"]["x"].shape == (128, 2)  # the global batch of 256, split over 2 ranks
     assert not torch.equal(starts[0]["batch"]["x"], starts[1]["batch"]["x"])  # each rank its own shard
     objective = ModularMeanFlow(tangent="conditional", time_sampler=TimeSampler("uniform", equal_fraction=0.25))
@@ -202,6 +190,61 @@ def test_ddp_two_ranks_lambda_one_gradients_agree(tmp_path):
     (sum(losses) / 2).backward()
     for name, p in module.named_parameters():
         torch.testing.assert_close(ranks[0]["grads"][name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_ddp_two_ranks_lambda_one_gradients_agree(tmp_path):
+    """torch.func.jvp cannot run on the DDP wrapper; the objective calls the inner network.
+    With lambda = 1 on 2 ranks of one machine, the gradients are those of the combined batch."""
+    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    cmd = [
+        sys.executable, "-m", "mmf_lightning", "fit", "--config", str(ROOT / "configs/quickstart.yaml"),
+        *_quiet(tmp_path, steps=1), "--trainer.strategy=ddp", "--trainer.devices=2",
+        *(a.format(grads=tmp_path / "grads") for a in GRADIENT_RUN),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _check_gradients_of_two_ranks(tmp_path / "grads")
+
+
+def test_two_nodes_of_one_process_each_under_torchrun(tmp_path):
+    """A 2-node x 1-process job, as on a cluster: two torchrun launchers (node ranks 0 and 1) on
+    localhost over gloo, Lightning's num_nodes=2; the gradients equal the 1-process replay."""
+    import socket
+
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    fit = [
+        "-m", "mmf_lightning", "fit", "--config", str(ROOT / "configs/quickstart.yaml"), *_quiet(tmp_path, steps=1),
+        "--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.num_nodes=2",
+        *(a.format(grads=tmp_path / "grads") for a in GRADIENT_RUN),
+    ]  # fmt: skip
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                f"--node_rank={rank}",
+                "--nproc_per_node=1",
+                "--master_addr=127.0.0.1",
+                f"--master_port={port}",
+                *fit,
+            ],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for rank in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    for node, (_, err) in zip(nodes, outputs):
+        assert node.returncode == 0, err[-3000:]
+    _check_gradients_of_two_ranks(tmp_path / "grads")
 
 
 def test_ddp_a_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
