@@ -16,7 +16,7 @@ from helpers import SMALL_UNET, STAND_INS
 from mmf_lightning.cli import MMFLightningCLI, main
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if "presets" not in p.parts)
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if not {"presets", "sweeps"} & set(p.parts))
 
 
 def _quiet(tmp_path, steps=2):
@@ -320,7 +320,7 @@ def test_evaluate_on_two_processes_equals_one(digits_checkpoint, tmp_path, monke
     for devices in (1, 2):
         out = tmp_path / f"devices{devices}"
         _run([
-            "evaluate", str(digits_checkpoint), "--output", str(out), "--num_samples", "120", "--steps", "4",
+            "evaluate", str(digits_checkpoint), "--lpips", "--output", str(out), "--num_samples", "120", "--steps", "4",
             "--batch_size", "32", "--fid_num_samples", "200", "--timing_repeats", "3",
             "--accelerator", "cpu", "--devices", str(devices),
         ], cwd=tmp_path)  # fmt: skip
