@@ -35,11 +35,16 @@ def checkpoint_error(path: str | os.PathLike, err: BaseException) -> CheckpointE
     )
 
 
+def check_exists(path: str | os.PathLike) -> None:
+    """``CheckpointError`` naming ``path`` when there is no file there."""
+    if not Path(path).is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass a .ckpt written by `fit`")
+
+
 def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """The checkpoint's dict, loaded with ``weights_only=True``; ``CheckpointError`` otherwise."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; pass a .ckpt written by `fit`")
+    check_exists(path)
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:

@@ -118,10 +118,10 @@ class MeanFlowModule(L.LightningModule):
         """Lightning's ``load_from_checkpoint`` (``weights_only``: never unpickles code); the EMA
         weights when the run used EMA. A missing, truncated or foreign file raises ``CheckpointError``
         naming it."""
-        from mmf_lightning.checkpoints import CheckpointError, checkpoint_error, is_unreadable
+        from mmf_lightning.checkpoints import check_exists, checkpoint_error, is_unreadable
 
-        if isinstance(checkpoint_path, (str, os.PathLike)) and not os.path.isfile(checkpoint_path):
-            raise CheckpointError(f"checkpoint {checkpoint_path} does not exist; pass a .ckpt written by `fit`")
+        if isinstance(checkpoint_path, (str, os.PathLike)):  # (a file object is Lightning's to read)
+            check_exists(checkpoint_path)
         try:
             return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
         except Exception as err:
