@@ -202,6 +202,7 @@ def sample_main(argv: list[str]) -> Path:
 COMMANDS = {
     "sample": ("mmf_lightning.cli", "sample_main", "Draw samples from a checkpoint into an .npz and a picture."),
     "evaluate": ("mmf_lightning.evaluate", "evaluate_main", "The paper's metrics for checkpoints: JSON, tables, plot."),
+    "plot": ("mmf_lightning.plots", "plot_main", "The paper's figures (Figs. 1-6) for a folder of runs, as PNG files."),
     "download-weights": (
         "mmf_lightning.metrics.weights",
         "download_weights_main",

@@ -35,3 +35,11 @@ def torch_home_with_alexnet(tmp_path_factory):
     trusted = [p for p in os.environ.get(TRUST_ENV, "").split(os.pathsep) if p]
     os.environ[TRUST_ENV] = os.pathsep.join([*trusted, str(target)])
     return home
+
+
+@pytest.fixture(scope="session")
+def paper_runs(tmp_path_factory):
+    """Folders of short real runs of the paper's studies (tests/paper_runs.py), made on first use."""
+    from paper_runs import PaperRuns
+
+    return PaperRuns(tmp_path_factory.mktemp("paper_runs"))

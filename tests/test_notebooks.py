@@ -1,40 +1,52 @@
-"""The notebooks run top to bottom against a checkpoint made here, so they cannot rot silently."""
+"""The notebooks run top to bottom in a real Jupyter kernel (nbclient), the way people run them,
+against folders of small runs made here, so they cannot rot silently; committed, they carry no
+outputs."""
 
 import json
-import os
 from pathlib import Path
 
-import matplotlib
+import nbformat
 import pytest
-
-from mmf_lightning.cli import MMFLightningCLI
+from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+# the folder of runs each notebook is pointed at ($MMF_RUNS): the study its figure comes from
+FOLDER = {
+    "analyse_run": "toy2d",
+    "fig1_loss_curves": "toy2d",
+    "fig2_velocity_fields": "toy2d",
+    "fig3_fid": "digits",
+    "fig4_diversity_stability": "digits",
+    "fig5_paths": "toy2d",
+    "fig6_trajectories": "trajectories",
+}
 
 
-@pytest.mark.parametrize("notebook", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.name)
-def test_notebook_runs(notebook, tmp_path, monkeypatch):
-    matplotlib.use("Agg")
-    cli = MMFLightningCLI(
-        args=[
-            "fit",
-            "--config",
-            str(ROOT / "configs/quickstart.yaml"),
-            "--trainer.max_steps=3",
-            f"--trainer.default_root_dir={tmp_path}",
-            f"--trainer.logger.init_args.save_dir={tmp_path}",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.val_check_interval=3",
-        ]
-    )
-    monkeypatch.setenv("MMF_CKPT", cli.trainer.checkpoint_callback.last_model_path)
-    monkeypatch.chdir(ROOT / "notebooks")
-    scope: dict = {}
-    for cell in json.loads(notebook.read_text())["cells"]:
-        if cell["cell_type"] == "code":
-            exec(compile("".join(cell["source"]), f"{notebook.name}", "exec"), scope)  # noqa: S102
-    assert os.environ["MMF_CKPT"] == str(scope["CKPT"])
-    import matplotlib.pyplot as plt
+def test_every_notebook_is_run_here_and_committed_without_outputs():
+    assert {p.stem for p in NOTEBOOKS} == set(FOLDER)
+    for path in NOTEBOOKS:
+        for cell in json.loads(path.read_text())["cells"]:
+            if cell["cell_type"] == "code":
+                assert cell["outputs"] == [] and cell["execution_count"] is None, f"{path.name} has outputs"
 
-    assert plt.get_fignums()  # it drew
-    plt.close("all")
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_top_to_bottom_in_a_kernel(path, paper_runs, monkeypatch, torch_home_with_alexnet):
+    runs = paper_runs[FOLDER[path.stem]]
+    monkeypatch.setenv("MMF_RUNS", str(runs))  # the kernel inherits this process's environment
+    monkeypatch.setenv("MMF_CKPT", str(next(runs.rglob("last.ckpt"))))
+    monkeypatch.setenv("MMF_EVALUATIONS", str(runs / "evaluation"))
+    monkeypatch.setenv("TORCH_HOME", str(torch_home_with_alexnet))  # LPIPS' backbone (untrained, trusted)
+    notebook = nbformat.read(path, as_version=4)
+    NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    ).execute()
+    outputs = [out for cell in notebook.cells if cell.cell_type == "code" for out in cell.outputs]
+    assert not [out for out in outputs if out.output_type == "error"]
+    images = [out for out in outputs if "image/png" in out.get("data", {})]
+    figure_cells = [c for c in notebook.cells if c.cell_type == "code" and "plots." in c.source.splitlines()[-1]]
+    assert len(images) >= max(1, len(figure_cells)), f"{path.name} drew {len(images)} figures"
+    text = "".join(out.get("text", "") for out in outputs if out.output_type == "stream")
+    if path.stem != "analyse_run":  # every run of the folder was found and labelled
+        assert text.count(" -> ") >= len({p.parents[1] for p in runs.rglob("last.ckpt")}), text

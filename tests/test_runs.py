@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from mmf_lightning.cli import MMFLightningCLI, main
+from mmf_lightning.runs import find_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs/quickstart.yaml"
@@ -57,7 +58,7 @@ def test_two_wandb_runs_in_one_save_dir_stay_apart(tmp_path, monkeypatch):
     """Two offline W&B runs, one save_dir (as in a sweep): each has its own folder with its own
     config.yaml and samples, its W&B run holds its whole resolved config, its metrics and its
     picture, and each checkpoint alone evaluates with its own run's data."""
-    from wandb_offline import read_run
+    from mmf_lightning.wandb_files import read_run
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -87,6 +88,14 @@ def test_two_wandb_runs_in_one_save_dir_stay_apart(tmp_path, monkeypatch):
         )
         assert any("val/sw_1step" in row for row in run.history)
         assert any(f.startswith("media/images/samples") for f in run.files)
+
+        # the figures read the same history back through the run folder's link
+        (found,) = [r for r in find_runs(tmp_path / "wbruns") if r.folder == folder]
+        assert found.metrics["train/loss"] == (
+            steps_logged,
+            [float(r["train/loss"]) for r in run.history if "train/loss" in r],
+        )
+        assert found.facets == {"model.lr": f"lr={lr}", "data.init_args.num_train": f"num_train={num_train}"}
 
         record = _evaluate_alone(folder / "checkpoints" / "last.ckpt", tmp_path, run_id)
         assert "the run config it carries" in record["from"]

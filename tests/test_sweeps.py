@@ -105,7 +105,7 @@ def test_one_command_of_each_sweep_runs_on_small_data(path, tmp_path, monkeypatc
                                                       torch_home_with_alexnet):  # fmt: skip
     """The first command of each grid, with the stand-in data and net of the configs' tests and
     two steps (no validation), logged to an offline W&B run whose config holds the swept values."""
-    from wandb_offline import read_run
+    from mmf_lightning.wandb_files import read_run
 
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv("TORCH_HOME", str(torch_home_with_alexnet))  # LPIPS' backbone, untrained

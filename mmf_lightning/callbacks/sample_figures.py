@@ -23,20 +23,44 @@ def ema_module(trainer: L.Trainer, pl_module: L.LightningModule) -> L.LightningM
 
 class SampleFigures(L.Callback):
     """Saves ``<run folder>/samples/step_<k>.png`` (``runs.run_dir``), samples for each entry of
-    ``steps`` (a grid for images, a scatter over the data for 2-D points), and logs it to W&B or
-    TensorBoard when the run has them.
+    ``steps`` (a grid of 64 for images, a scatter over the data for 2-D points, and for trajectory
+    tasks the model's paths against the ground truth), and logs it to W&B or TensorBoard when the
+    run has them.
 
     Args:
-        num_samples: samples per panel.
+        num_samples: samples per panel (images: at most 64 are drawn).
         steps: numbers of sampling steps to show, e.g. [1, 2].
-        every_n_steps: also draw during training every n optimizer steps (0: only at the end).
+        every_n_steps: also draw during training every n optimizer steps (0: not by step count).
+        at_validation: also draw after every validation (not the sanity check).
+        num_trajectories: paths in the trajectory panel (trajectory tasks with a ground truth).
         seed: fixed noise, so successive figures show the same samples evolving.
+    A figure is drawn at the end of training in any case.
     """
 
-    def __init__(self, num_samples: int = 1000, steps: tuple[int, ...] = (1, 2), every_n_steps: int = 0, seed: int = 0):
+    def __init__(
+        self,
+        num_samples: int = 1000,
+        steps: tuple[int, ...] = (1, 2),
+        every_n_steps: int = 0,
+        at_validation: bool = True,
+        num_trajectories: int = 12,
+        seed: int = 0,
+    ):
+        if num_samples < 1 or not steps or min(steps) < 1 or every_n_steps < 0 or num_trajectories < 0:
+            raise ValueError(
+                f"SampleFigures needs num_samples >= 1, steps >= 1, every_n_steps >= 0, num_trajectories >= 0; "
+                f"got {num_samples}, {list(steps)}, {every_n_steps}, {num_trajectories}"
+            )
         self.num_samples, self.steps, self.every_n_steps, self.seed = num_samples, tuple(steps), every_n_steps, seed
+        self.at_validation, self.num_trajectories = at_validation, num_trajectories
         self.last_path: Path | None = None
         self._drawn_at: int | None = None
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        # after WeightAveraging has swapped the training weights back, so ema_module is the EMA copy
+        if self.at_validation and not trainer.sanity_checking and trainer.state.fn == "fit":
+            if trainer.global_step != self._drawn_at:
+                self.draw(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         # once per n optimizer steps: global_step moves only when the optimizer stepped, so under
@@ -55,14 +79,29 @@ class SampleFigures(L.Callback):
         if not trainer.is_global_zero:
             return
         module = ema_module(trainer, pl_module)
+        n = min(self.num_samples, 64) if len(module.data_shape) == 3 else self.num_samples
         panels = {}
         for k in self.steps:
             generator = torch.Generator().manual_seed(self.seed)
             title = f"{k}-step samples (step {trainer.global_step})"
-            panels[title] = module.sample(self.num_samples, k, generator=generator)
+            panels[title] = module.sample(n, k, generator=generator)
         reference = _reference_batch(trainer, self.num_samples)
-        self.last_path = save_samples_figure(panels, out_dir / f"step_{trainer.global_step}.png", reference)
+        trajectories = self._trajectories(trainer, module)
+        path = out_dir / f"step_{trainer.global_step}.png"
+        self.last_path = save_samples_figure(panels, path, reference, trajectories)
         log_picture(trainer, "samples", self.last_path)
+
+    @torch.no_grad()
+    def _trajectories(self, trainer, module) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(truth, the model's paths from the truth's starts), both (K + 1, N, 2), for trajectory
+        tasks with a ground truth (``metrics.evaluation.truth_protocol``); else None."""
+        from mmf_lightning.metrics.evaluation import truth_paths
+
+        truth = truth_paths(trainer.datamodule, self.num_trajectories, self.seed) if self.num_trajectories else None
+        if truth is None:
+            return None
+        predicted = module.trajectory_from(truth[0].to(module.device), truth.shape[0] - 1).cpu()
+        return truth[..., :2], predicted[..., :2]
 
 
 def log_picture(trainer, key: str, path: Path) -> None:

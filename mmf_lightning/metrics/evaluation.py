@@ -86,6 +86,19 @@ def truth_protocol(datamodule) -> tuple[str | None, str | None]:
     return describe() if callable(describe) else (None, None)
 
 
+def truth_paths(datamodule, n: int, seed: int = 0) -> torch.Tensor | None:
+    """n true paths of a trajectory task, (K' + 1, n, D) from t = 1 to 0, for pictures: the first
+    n held-out trajectories (``held_out`` protocol, after setup), or the true paths of n seeded
+    starts (``starts``); None for data without a truth."""
+    kind, _ = truth_protocol(datamodule)
+    if kind == "held_out":
+        return datamodule.held_out_paths()[:, :n]
+    if kind == "starts":
+        g = torch.Generator().manual_seed(seed)
+        return datamodule.ground_truth(datamodule.source.sample(n, datamodule.data_shape, g))
+    return None
+
+
 def truth_errors(module, datamodule, e: torch.Tensor, y, truth: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Against the ground-truth paths of a trajectory task, on its own time grid: per-sample
     mean distance along the path, distance at the end, and the one-step sample's mean squared

@@ -1,8 +1,8 @@
-"""Reads an offline W&B run back from its ``run-<id>.wandb`` file (wandb >= 0.31 keeps the config,
-history and file list only there). The file is leveldb-log framed: a 7-byte file header, then
-32 KiB blocks of records, each with a 7-byte header (crc32 u32, length u16, type u8: 1 full,
-2 first, 3 middle, 4 last) and a payload; the payloads of a full record, or of first + middles
-+ last, are one ``wandb_internal_pb2.Record``."""
+"""Reads a W&B run back from its local ``run-<id>.wandb`` file (online and offline runs both write one;
+wandb >= 0.31 keeps the config, history and file list only there), for ``runs`` and tests. The file
+is leveldb-log framed: a 7-byte file header, then 32 KiB blocks of records, each with a 7-byte
+header (crc32 u32, length u16, type u8: 1 full, 2 first, 3 middle, 4 last) and a payload; the
+payloads of a full record, or of first + middles + last, are one ``wandb_internal_pb2.Record``."""
 
 import json
 import struct
@@ -20,7 +20,8 @@ def records(path: str | Path):
     from wandb.proto import wandb_internal_pb2
 
     data = Path(path).read_bytes()
-    assert data[:4] == b":W&B", f"{path} is not a W&B run file"
+    if data[:4] != b":W&B":
+        raise ValueError(f"{path} is not a W&B run file (it does not start with ':W&B')")
     pos, parts = HEADER, []
     while pos + HEADER <= len(data):
         left = BLOCK - pos % BLOCK
@@ -32,7 +33,10 @@ def records(path: str | Path):
             pos += left
             continue
         payload = data[pos + HEADER : pos + HEADER + length]
-        assert zlib.crc32(bytes([kind]) + payload) & 0xFFFFFFFF == crc, f"bad record checksum at byte {pos}"
+        if zlib.crc32(bytes([kind]) + payload) & 0xFFFFFFFF != crc:
+            if pos + HEADER + length > len(data):  # a run still writing, or killed mid-record: its last record is cut
+                return
+            raise ValueError(f"{path}: bad record checksum at byte {pos}")
         pos += HEADER + length
         if kind == FULL:
             parts = [payload]
@@ -58,9 +62,12 @@ class OfflineRun:
 
 
 def read_run(run_folder: str | Path) -> OfflineRun:
-    """The config (values JSON-decoded), history rows, file paths and summary of an offline run folder
-    (``wandb/offline-run-<time>-<id>``)."""
-    (path,) = Path(run_folder).glob("run-*.wandb")
+    """The config (values JSON-decoded), history rows, file paths and summary of a W&B run folder
+    (``wandb/offline-run-<time>-<id>`` or ``wandb/run-<time>-<id>``)."""
+    found = sorted(Path(run_folder).glob("run-*.wandb"))
+    if len(found) != 1:
+        raise ValueError(f"{run_folder}: expected one run-*.wandb file, found {len(found)}")
+    path = found[0]
     run = OfflineRun()
     for record in records(path):
         kind = record.WhichOneof("record_type")
