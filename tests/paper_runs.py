@@ -44,7 +44,7 @@ def data_fraction_runs(root: Path) -> Path:
     in validation, and one `evaluate --data` pass on a shifted set (Figs. 3, 4)."""
     folder = root / "digits"
     fid = [f"--fid.init_args.cache_dir={root / 'fid'}", "--fid.init_args.num_samples=64",
-           f"--fid.init_args.feature_extractor.init_args.weights_path={root / 'digits.pt'}"]  # fmt: skip
+           f"--fid.init_args.feature_extractor.init_args.weights_path={root.parent / 'digits.pt'}"]  # fmt: skip
     ckpts = []
     for fraction in (0.5, 1.0):
         for schedule in (CONSTANT.format(0.0), None):

@@ -30,7 +30,7 @@ def digits_run(tmp_path_factory):
     """A digits run (small UNet) two steps in, FID in the digits classifier's features: its last.ckpt
     (beside the run's config.yaml) and the classifier's weights file."""
     tmp = tmp_path_factory.mktemp("digits_run")
-    weights = tmp / "digits.pt"
+    weights = tmp.parent / "digits.pt"  # pytest's base folder: trained once for the whole suite
     cli = MMFLightningCLI(args=[
         "fit", "--config", str(DIGITS), *SMALL_UNET, "--trainer.max_steps=2", "--trainer.val_check_interval=2",
         f"--trainer.default_root_dir={tmp}", f"--trainer.logger.init_args.save_dir={tmp}",

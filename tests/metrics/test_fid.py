@@ -40,7 +40,7 @@ def test_fid_matches_scipy_sqrtm():
 
 @pytest.fixture
 def digits_extractor(tmp_path_factory):
-    return DigitsClassifier(str(tmp_path_factory.mktemp("w") / "digits.pt"))
+    return DigitsClassifier(str(tmp_path_factory.getbasetemp() / "digits.pt"))  # trained once for the suite
 
 
 def _digits_module():
