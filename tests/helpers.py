@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from mmf_lightning.cli import MMFLightningCLI
+
 
 def quiet_trainer(tmp_path, max_steps=6, callbacks=(), **kw) -> L.Trainer:
     """A CPU Trainer without logger, progress bar or summary, for short real runs."""
@@ -189,3 +191,13 @@ STAND_INS = {
         *SMALL_FID,
     ],
 }
+
+
+class ParseOnly(MMFLightningCLI):
+    """The CLI up to a validated config: nothing is built or run."""
+
+    def instantiate_classes(self) -> None:
+        pass
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        pass

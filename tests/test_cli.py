@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import SMALL_UNET, STAND_INS
+from helpers import SMALL_UNET, STAND_INS, ParseOnly
 
 from mmf_lightning.cli import MMFLightningCLI, main
 
@@ -55,7 +55,24 @@ def test_there_is_a_config_per_table_2_row():
     } <= names
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
+# the ImageNet-64 net and stand-in data of imagenet64/curriculum.yaml with other lambda or tangent values (each covered
+# on CIFAR-10): trained by `make test-all`, parsed and validated by every run of the suite
+SAME_NET_OTHER_LAMBDA = {
+    "imagenet64/lambda0.yaml",
+    "imagenet64/lambda1.yaml",
+    "imagenet64/curriculum_instantaneous.yaml",
+}
+
+
+def _config_id(path: Path) -> str:
+    return str(path.relative_to(ROOT / "configs"))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [pytest.param(p, marks=pytest.mark.slow) if _config_id(p) in SAME_NET_OTHER_LAMBDA else p for p in CONFIGS],
+    ids=_config_id,
+)
 def test_every_config_trains_a_few_steps(config, tmp_path, monkeypatch, torch_home_with_alexnet):
     monkeypatch.setenv("TORCH_HOME", str(torch_home_with_alexnet))  # LPIPS' backbone, untrained
     extra = list(STAND_INS.get(config.parent.name, []))
@@ -64,6 +81,14 @@ def test_every_config_trains_a_few_steps(config, tmp_path, monkeypatch, torch_ho
     cli = _fit(config, tmp_path, *extra)
     assert cli.trainer.global_step == 2
     assert torch.isfinite(cli.trainer.logged_metrics["train/loss"])
+
+
+@pytest.mark.parametrize("config", sorted(SAME_NET_OTHER_LAMBDA))
+def test_configs_trained_only_in_test_all_parse(config):
+    cfg = ParseOnly(
+        args=["fit", "--config", str(ROOT / "configs" / config), *STAND_INS["imagenet64"], *SMALL_UNET]
+    ).config
+    assert cfg.fit.lambda_schedule.schedule.class_path.startswith("mmf_lightning.objectives.")
 
 
 def test_quickstart_leaves_a_checkpoint_and_a_picture(tmp_path):

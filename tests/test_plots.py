@@ -155,3 +155,26 @@ def test_paths_figure_draws_each_runs_sampling_path_and_d_path(paper_runs):
     d_path = [line for line in fig.axes[3].get_lines()]
     assert [list(line.get_ydata()) for line in d_path] == [logged(r.folder, "val/d_path") for r in runs]
     assert all(math.isfinite(v) for line in d_path for v in line.get_ydata())
+
+
+def test_sample_figures_trajectory_panel_is_the_models_paths_from_true_starts(paper_runs):
+    from types import SimpleNamespace
+
+    from mmf_lightning.callbacks import SampleFigures
+
+    run = next(
+        r
+        for r in find_runs(paper_runs["trajectories"])
+        if r.config["data"]["init_args"].get("system") == "gradient_flow"
+    )
+    datamodule, module = run.datamodule(), run.load_module()
+    truth, predicted = SampleFigures(num_trajectories=5, seed=2)._trajectories(
+        SimpleNamespace(datamodule=datamodule), module
+    )
+    starts = datamodule.source.sample(5, (2,), torch.Generator().manual_seed(2))
+    assert truth[0] == pytest.approx(starts) and truth[-1] == pytest.approx(starts * math.exp(-1.0), abs=1e-4)
+    assert predicted == pytest.approx(module.trajectory_from(starts, truth.shape[0] - 1))
+    toy = find_runs(paper_runs["toy2d"])[0]
+    assert SampleFigures()._trajectories(SimpleNamespace(datamodule=toy.datamodule()), toy.load_module()) is None
+    with pytest.raises(ValueError, match=r"num_samples >= 1.*got 0"):
+        SampleFigures(num_samples=0)

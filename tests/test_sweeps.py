@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import SMALL_UNET, STAND_INS
+from helpers import SMALL_UNET, STAND_INS, ParseOnly
 
 from mmf_lightning.cli import MMFLightningCLI, main
 
@@ -39,16 +39,6 @@ def agent_command(sweep: dict, params: dict) -> list[str]:
         chunk = str(chunk)
         argv += variables.get(chunk[2:-1]) or [] if chunk.startswith("${") and chunk.endswith("}") else [chunk]
     return argv
-
-
-class ParseOnly(MMFLightningCLI):
-    """The CLI up to a validated config: nothing is built or run."""
-
-    def instantiate_classes(self) -> None:
-        pass
-
-    def _run_subcommand(self, subcommand: str) -> None:
-        pass
 
 
 def _load(path: Path) -> dict:
