@@ -65,6 +65,12 @@ class MeanFlowModule(L.LightningModule):
         lr_warmup_steps: linear learning-rate warmup from 0.
         lr_decay: "cosine" (to ``min_lr`` at the last step, as in the paper) or "constant".
         loss_var_window: number of recent steps over which ``train/loss_var`` is computed.
+        max_skipped_in_a_row: an optimizer step whose loss (on any rank) or gradient is not finite
+            is skipped: no optimizer or EMA update, counted in ``train/skipped_steps``; more skipped
+            steps in a row than this stop the run with an error (0: the first one does).
+        skip_check_every_n_steps: how often the host reads the skip counters (a sync): default
+            every step on the CPU, every 50 on accelerators, where the skip itself happens on the
+            device (fused Adam's ``found_inf``), so a run pays no sync per step.
         source: the distribution of e at t = 1 (``mmf_lightning.sources``; default N(0, I)),
             used when a batch brings no e of its own, and by ``sample``.
     """
@@ -81,6 +87,8 @@ class MeanFlowModule(L.LightningModule):
         min_lr: float = 0.0,
         loss_var_window: int = 100,
         source: Source | None = None,
+        max_skipped_in_a_row: int = 10,
+        skip_check_every_n_steps: int | None = None,
     ):
         super().__init__()
         if lr <= 0 or min_lr < 0 or min_lr > lr:
@@ -93,6 +101,11 @@ class MeanFlowModule(L.LightningModule):
             raise ValueError(f"lr_decay must be 'cosine' or 'constant', got {lr_decay!r}")
         if loss_var_window < 2:
             raise ValueError(f"loss_var_window must be >= 2, got {loss_var_window}")
+        if max_skipped_in_a_row < 0 or (skip_check_every_n_steps is not None and skip_check_every_n_steps < 1):
+            raise ValueError(
+                f"need max_skipped_in_a_row >= 0 and skip_check_every_n_steps >= 1, got {max_skipped_in_a_row}, "
+                f"{skip_check_every_n_steps}"
+            )
         self.source = source if source is not None else StandardNormal()
         self._save_hparams(net, objective, self.source)
         self.net = net
@@ -101,6 +114,8 @@ class MeanFlowModule(L.LightningModule):
         self._loss_window: deque[torch.Tensor] = deque(maxlen=loss_var_window)  # one mean loss per optimizer step
         self._step_losses: list[torch.Tensor] = []  # the micro-batch losses of the step under way
         self._steps_seen = 0
+        self.guard = SkipGuard(max_skipped_in_a_row)
+        self.last_step_kept: torch.Tensor | None = None  # bool on the device: False if the last step was skipped
 
     def _save_hparams(self, net: nn.Module, objective: Objective, source: Source) -> None:
         from_cli = _given_hyperparameters is not None and _given_hyperparameters.get() is not None
@@ -293,14 +308,10 @@ class MeanFlowModule(L.LightningModule):
         # One all-reduce gives the loss summed over ranks and the number of ranks whose loss is not
         # finite, so every rank takes the same decision: a rank that stopped alone would leave the
         # others waiting in backward's all-reduce until the collective times out.
+        # The flag stays on the device: the step is skipped there (on_before_optimizer_step).
         world = self.trainer.world_size if self._trainer is not None else 1
         totals = self._sum_over_ranks(torch.stack([loss.detach().float(), (~torch.isfinite(loss)).float()]))
-        if totals[1] > 0:
-            raise FloatingPointError(
-                f"non-finite training loss (this rank: {loss.item()}) on {int(totals[1])} of {world} rank(s) at "
-                f"step {self.global_step} (lambda={self.lam}); lower the learning rate, clip gradients "
-                "(trainer.gradient_clip_val) or check the data"
-            )
+        self.guard.loss_not_finite(totals[1] > 0)
         self._step_losses.append(totals[0] / world)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/mse", out.per_sample.mean() / x[0].numel())
@@ -327,6 +338,10 @@ class MeanFlowModule(L.LightningModule):
         variance = self.loss_variance()
         if variance is not None:
             self.log("train/loss_var", variance)
+        self.log("train/skipped_steps", self.guard.skipped)
+        every = self.hparams.get("skip_check_every_n_steps") or (1 if self.device.type == "cpu" else 50)
+        if self.global_step % every == 0:
+            self.guard.check(self.global_step, self.lam, self.trainer)
 
     def loss_variance(self) -> torch.Tensor | None:
         """Unbiased variance of the last ``loss_var_window`` training losses (one per optimizer step,
@@ -335,13 +350,20 @@ class MeanFlowModule(L.LightningModule):
         if len(self._loss_window) < 2:
             return None
         device = self._loss_window[-1].device  # values restored from a checkpoint are on the CPU
-        return torch.stack([v.to(device) for v in self._loss_window]).var()
+        values = torch.stack([v.to(device) for v in self._loss_window])
+        finite = torch.isfinite(values)  # skipped steps leave a NaN: left out, without a sync
+        n = finite.sum()
+        mean = torch.where(finite, values, 0.0).sum() / n
+        return torch.where(finite, (values - mean) ** 2, 0.0).sum() / (n - 1)
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        """The total gradient 2-norm, before any clipping."""
+        """The total gradient 2-norm, before any clipping; a step whose loss or gradient is not
+        finite is skipped (``SkipGuard``)."""
         grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
         if grads:
-            self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))
+            self.log("train/grad_norm", norm)
+        self.last_step_kept = self.guard.skip_if_not_finite(optimizer, norm)
 
     def _eval_loss(self, batch, batch_idx: int, stage: str) -> torch.Tensor:
         # The JVP layers' custom rules save their inputs, which inference tensors cannot be
@@ -374,7 +396,11 @@ class MeanFlowModule(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         opt_cls = torch.optim.AdamW if hp.weight_decay > 0 else torch.optim.Adam
-        optimizer = opt_cls(self.net.parameters(), lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
+        args = dict(lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
+        try:  # fused: skips a non-finite step on the device (found_inf), and is the fastest Adam
+            optimizer = opt_cls(self.net.parameters(), fused=True, **args)
+        except RuntimeError:  # a device or dtype without the fused kernel: SkipGuard drops the grads instead
+            optimizer = opt_cls(self.net.parameters(), **args)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup, floor = hp.lr_warmup_steps, hp.min_lr / hp.lr
 
@@ -395,6 +421,7 @@ class MeanFlowModule(L.LightningModule):
             "lambda": self.lam,
             "objective": self.objective.state_dict(),
             "loss_window": [float(v) for v in self._loss_window],  # `evaluate` reports its variance
+            "skip_guard": self.guard.state_dict(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -403,3 +430,79 @@ class MeanFlowModule(L.LightningModule):
         self.objective.load_state_dict(state.get("objective", {}))
         self._loss_window.clear()  # a resumed run continues its window
         self._loss_window.extend(torch.tensor(v) for v in state.get("loss_window", []))
+        self.guard.load_state_dict(state.get("skip_guard", {}))
+
+
+class SkipGuard:
+    """Skips optimizer steps whose loss or gradient is not finite, without a host sync per step.
+
+    The flags stay on the device: a fused Adam reads ``found_inf`` and leaves weights, moments and
+    its step count alone (other optimizers: the grads are dropped, which costs one sync). The
+    counters (skipped steps, and the longest run of them in a row since the last check) are read
+    by the host only in ``check``, which stops the run after ``max_in_a_row`` skipped steps in a
+    row. Every rank sees the same flags (the loss flag is summed over ranks, the gradient is
+    all-reduced), so every rank takes the same decision.
+    """
+
+    def __init__(self, max_in_a_row: int):
+        self.max_in_a_row = max_in_a_row
+        self._loss_bad: torch.Tensor | None = None
+        self.skipped = torch.zeros(())
+        self._run = torch.zeros(())  # skipped steps in a row, up to now
+        self._longest = torch.zeros(())  # the longest such run since the last check
+        self._reported = 0
+
+    def loss_not_finite(self, flag: torch.Tensor) -> None:
+        """A micro-batch's flag (any rank); the step is skipped if any of its micro-batches had one."""
+        self._loss_bad = flag if self._loss_bad is None else self._loss_bad | flag
+
+    def skip_if_not_finite(self, optimizer, grad_norm: torch.Tensor) -> torch.Tensor:
+        """Called before the optimizer step: skip it if needed. Returns the device flag "kept"."""
+        bad = ~torch.isfinite(grad_norm)
+        if self._loss_bad is not None:
+            bad = bad | self._loss_bad.to(bad.device)
+        self._loss_bad = None
+        optimizer = getattr(optimizer, "optimizer", optimizer)  # a LightningOptimizer wraps the torch one
+        if optimizer.defaults.get("fused"):
+            optimizer.found_inf = bad.float()
+        elif bad.item():
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    p.grad = None  # Adam leaves a parameter without a gradient untouched
+        self.skipped, self._run, self._longest = (t.to(bad.device) for t in (self.skipped, self._run, self._longest))
+        self.skipped = self.skipped + bad
+        self._run = (self._run + 1) * bad
+        self._longest = torch.maximum(self._longest, self._run)
+        return ~bad
+
+    def check(self, step: int, lam: float, trainer=None) -> None:
+        """Read the counters (a sync): warn of newly skipped steps; stop after too many in a row."""
+        longest, skipped = int(self._longest), int(self.skipped)
+        self._longest = self._run.clone()
+        if longest > self.max_in_a_row:
+            last = ""
+            ckpt = getattr(getattr(trainer, "checkpoint_callback", None), "last_model_path", "") if trainer else ""
+            if ckpt:
+                last = f"; the skipped steps changed no weights, so the last checkpoint {ckpt} is intact"
+            raise FloatingPointError(
+                f"training diverged: {longest} optimizer step(s) in a row had a non-finite loss or gradient (by step "
+                f"{step}, lambda={lam}; limit model.max_skipped_in_a_row={self.max_in_a_row}){last}. Lower the "
+                "learning rate, clip gradients (trainer.gradient_clip_val), or check the data"
+            )
+        if skipped > self._reported:
+            from lightning.pytorch.utilities import rank_zero_warn
+
+            rank_zero_warn(
+                f"skipped {skipped - self._reported} optimizer step(s) with a non-finite loss or gradient by step "
+                f"{step} ({skipped} in all, logged as train/skipped_steps)"
+            )
+            self._reported = skipped
+
+    def state_dict(self) -> dict:
+        return {"skipped": int(self.skipped), "in_a_row": int(self._run)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.skipped = torch.tensor(float(state.get("skipped", 0)))
+        self._run = torch.tensor(float(state.get("in_a_row", 0)))
+        self._longest = self._run.clone()
+        self._reported = int(self.skipped)

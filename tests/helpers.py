@@ -159,13 +159,14 @@ class FirstStepRecorder(L.Callback):
 
 
 class NaNInjector(L.Callback):
-    """Puts a NaN into the batch of one rank at one optimizer step."""
+    """Puts a NaN into the batch of one rank at optimizer steps ``step`` to ``until`` (excluded;
+    default: that step alone)."""
 
-    def __init__(self, rank: int = 1, step: int = 1):
-        self.rank, self.step = rank, step
+    def __init__(self, rank: int = 1, step: int = 1, until: int | None = None):
+        self.rank, self.step, self.until = rank, step, until if until is not None else step + 1
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_rank == self.rank and trainer.global_step == self.step:
+        if trainer.global_rank == self.rank and self.step <= trainer.global_step < self.until:
             batch["x"][0] = float("nan")
 
 

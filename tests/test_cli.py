@@ -273,19 +273,21 @@ def test_two_nodes_of_one_process_each_under_torchrun(tmp_path):
 
 
 def test_ddp_a_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
-    """A NaN in rank 1's batch at step 1: every rank stops with the error itself (the decision is
-    collective). Before, rank 1 stopped alone and rank 0 waited in the next all-reduce: over gloo it
+    """A NaN in rank 1's batch from step 1 on: both ranks skip the same steps, and after more than
+    max_skipped_in_a_row of them every rank stops with the error itself (the decision is collective).
+    A rank that stopped alone would leave the other waiting in the next all-reduce: over gloo it
     fails when the peer's socket closes, over NCCL it waits until the collective's timeout."""
     env = dict(os.environ, PYTHONPATH=f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     cmd = [
         sys.executable, "-m", "mmf_lightning", "fit", "--config", str(ROOT / "configs/quickstart.yaml"),
-        *_quiet(tmp_path, steps=4), "--trainer.strategy=ddp", "--trainer.devices=2",
+        *_quiet(tmp_path, steps=8), "--trainer.strategy=ddp", "--trainer.devices=2", "--model.max_skipped_in_a_row=2",
         "--trainer.callbacks+=helpers.NaNInjector", "--trainer.callbacks.rank=1", "--trainer.callbacks.step=1",
+        "--trainer.callbacks.until=100",
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert proc.returncode != 0
     for rank in (0, 1):
-        pattern = rf"\[rank{rank}\]: FloatingPointError: non-finite training loss .* on 1 of 2 rank\(s\) at step 1"
+        pattern = rf"\[rank{rank}\]: FloatingPointError: training diverged: 3 optimizer step\(s\) in a row.*by step 4"
         assert re.search(pattern, proc.stderr), proc.stderr[-3000:]
 
 

@@ -10,16 +10,23 @@ from lightning.pytorch.callbacks import EMAWeightAveraging as LightningEMA
 
 
 class EMAUpdate:
-    """``ema <- decay * ema + (1 - decay) * current``: torch's EMA update, picklable."""
+    """``ema <- decay * ema + (1 - decay) * current``: torch's EMA update, picklable. ``kept``: a
+    device flag (False: the optimizer step was skipped, ``module.SkipGuard``) that leaves the
+    average as it is, without a host sync."""
 
     def __init__(self, decay: float):
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"EMA decay must be in [0, 1], got {decay}")
         self.decay = decay
+        self.kept: torch.Tensor | None = None
 
     @torch.no_grad()
     def __call__(self, ema_param: torch.Tensor, current_param: torch.Tensor, num_averaged) -> torch.Tensor:
-        return self.decay * ema_param + (1 - self.decay) * current_param
+        new = self.decay * ema_param + (1 - self.decay) * current_param
+        return new if self.kept is None else torch.where(self.kept.to(new.device), new, ema_param)
+
+    def __getstate__(self) -> dict:
+        return {"decay": self.decay, "kept": None}
 
     def __repr__(self) -> str:
         return f"EMAUpdate(decay={self.decay})"
@@ -47,3 +54,7 @@ class EMAWeightAveraging(LightningEMA):
             update_starting_at_epoch=update_starting_at_epoch,
         )
         self._kwargs["avg_fn"] = EMAUpdate(decay)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._kwargs["avg_fn"].kept = getattr(pl_module, "last_step_kept", None)  # a skipped step moves nothing
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
