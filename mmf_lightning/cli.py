@@ -53,10 +53,14 @@ class MMFLightningCLI(LightningCLI):
         parser.add_subclass_arguments(FID, "fid", required=False, help="FID in validation; off unless configured")
 
     def instantiate_trainer(self, **kwargs):
+        from mmf_lightning.callbacks.preemption import SaveOnPreemption
+
         trainer = super().instantiate_trainer(**kwargs)
         fid = self._get(self.config_init, "fid")
         if fid is not None:
             trainer.callbacks.append(fid)
+        if not any(isinstance(cb, SaveOnPreemption) for cb in trainer.callbacks):
+            trainer.callbacks.append(SaveOnPreemption())  # SIGTERM saves last.ckpt and exits cleanly
         return trainer
 
     def parse_arguments(self, parser, args) -> None:

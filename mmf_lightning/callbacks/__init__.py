@@ -1,10 +1,11 @@
-"""Lightning callbacks: the lambda schedule, sample figures, FID, the path metrics and a
-spawn-safe EMA."""
+"""Lightning callbacks: the lambda schedule, sample figures, FID, the path metrics, a
+spawn-safe EMA, and saving on preemption."""
 
 from mmf_lightning.callbacks.ema import EMAWeightAveraging
 from mmf_lightning.callbacks.fid import FID
 from mmf_lightning.callbacks.lambda_schedule import LambdaScheduler
 from mmf_lightning.callbacks.path_metrics import PathMetrics
+from mmf_lightning.callbacks.preemption import SaveOnPreemption
 from mmf_lightning.callbacks.sample_figures import SampleFigures
 
-__all__ = ["EMAWeightAveraging", "FID", "LambdaScheduler", "PathMetrics", "SampleFigures"]
+__all__ = ["EMAWeightAveraging", "FID", "LambdaScheduler", "PathMetrics", "SampleFigures", "SaveOnPreemption"]
