@@ -248,6 +248,7 @@ class MeanFlowModule(L.LightningModule):
     def on_fit_start(self) -> None:
         if self.trainer.world_size > 1:  # every rank would otherwise draw the same noise and times
             torch.manual_seed(torch.initial_seed() + self.global_rank)
+
         schedulers = [cb for cb in self.trainer.callbacks if type(cb).__name__ == "LambdaScheduler"]
         if len(schedulers) > 1:
             raise ValueError(
@@ -324,6 +325,9 @@ class MeanFlowModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         self._steps_seen = self.global_step
+        if getattr(self, "_rng_to_restore", None) is not None:  # a resumed fit: the random streams go on
+            restore_rng(self._rng_to_restore, self.global_rank, self.trainer.world_size)
+            self._rng_to_restore = None
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         """Once per optimizer step, whatever the gradient accumulation (``global_step`` moves only
@@ -423,6 +427,8 @@ class MeanFlowModule(L.LightningModule):
             "loss_window": [float(v) for v in self._loss_window],  # `evaluate` reports its variance
             "skip_guard": self.guard.state_dict(),
         }
+        if self._trainer is not None and self.trainer.state.fn == "fit":  # every rank's random streams
+            checkpoint["mmf_lightning"]["rng"] = gather_rng(self.trainer.strategy)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("mmf_lightning", {})
@@ -431,6 +437,10 @@ class MeanFlowModule(L.LightningModule):
         self._loss_window.clear()  # a resumed run continues its window
         self._loss_window.extend(torch.tensor(v) for v in state.get("loss_window", []))
         self.guard.load_state_dict(state.get("skip_guard", {}))
+        # only a resumed fit takes the random streams back (at train start, after Lightning's seeding);
+        # load_from_checkpoint in a notebook leaves the caller's generator alone
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        self._rng_to_restore = state.get("rng") if fitting else None
 
 
 class SkipGuard:
@@ -506,3 +516,52 @@ class SkipGuard:
         self._run = torch.tensor(float(state.get("in_a_row", 0)))
         self._longest = self._run.clone()
         self._reported = int(self.skipped)
+
+
+def gather_rng(strategy) -> dict:
+    """Every rank's torch (CPU and current CUDA device), numpy and Python random states, as plain
+    tensors and lists (a checkpoint stays ``weights_only``-loadable): rank -> state."""
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, gauss, cached = np.random.get_state()
+    mine = {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
+        "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(gauss), float(cached)],
+        "python": [list(v) if isinstance(v, tuple) else v for v in random.getstate()],
+    }
+    world = strategy.world_size
+    if world == 1:
+        return {"world_size": 1, "ranks": [mine]}
+    import torch.distributed as dist
+
+    everyone = [None] * world
+    dist.all_gather_object(everyone, mine)  # small: a few KB a rank, once per checkpoint
+    return {"world_size": world, "ranks": everyone}
+
+
+def restore_rng(state: dict, rank: int, world_size: int) -> None:
+    """Set this rank's random streams from ``gather_rng``'s record (a warning, and nothing else,
+    when the world size differs: then the streams cannot continue as they were)."""
+    import random
+
+    import numpy as np
+
+    if state.get("world_size") != world_size:
+        from lightning.pytorch.utilities import rank_zero_warn
+
+        rank_zero_warn(
+            f"the checkpoint holds the random streams of {state.get('world_size')} rank(s), this run has {world_size}: "
+            "training goes on with fresh ones (not bit-identical to an uninterrupted run)"
+        )
+        return
+    mine = state["ranks"][rank]
+    torch.set_rng_state(mine["torch"])
+    if mine.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(mine["cuda"])
+    keys, pos, gauss, cached = mine["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, gauss, cached))
+    version, internal, gauss_next = mine["python"]
+    random.setstate((version, tuple(internal), gauss_next))

@@ -1,6 +1,7 @@
 """Small data and recording callbacks the tests plug into real Trainer / CLI runs."""
 
 import json
+import time
 from pathlib import Path
 
 import lightning as L
@@ -208,8 +209,8 @@ class StepMarker(L.Callback):
     """Writes "<first step> <step> <lambda>" to ``path`` at every optimizer step from ``step`` on
     (a test waits for it; the first step shows where a resumed run started)."""
 
-    def __init__(self, path: str, step: int = 3):
-        self.path, self.step, self.first = path, step, None
+    def __init__(self, path: str, step: int = 3, pause: float = 0.0):
+        self.path, self.step, self.pause, self.first = path, step, pause, None
 
     def on_train_start(self, trainer, pl_module):
         self.first = trainer.global_step
@@ -217,3 +218,5 @@ class StepMarker(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step >= self.step and trainer.is_global_zero:
             Path(self.path).write_text(f"{self.first} {trainer.global_step} {pl_module.lam}")
+            if trainer.global_step == self.step:
+                time.sleep(self.pause)  # room for a test's signal to land at this step

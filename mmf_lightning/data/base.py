@@ -8,11 +8,18 @@ so every rank builds the same set before it is sharded.
 world's ranks loads ``batch_size / (world_size * accumulate_grad_batches)`` rows per micro-batch,
 so a config trains with the same batch (and so the same learning rate means the same thing) on
 one CPU, one GPU or eight.
+
+Training order is a function of (seed, epoch) alone (``ResumableSampler``), and a run resumed
+from a checkpoint taken mid-epoch skips the batches that epoch already gave: a resumed run sees
+the data an uninterrupted one would.
 """
+
+import os
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
 
 
 class DictDataset(Dataset):
@@ -62,10 +69,11 @@ class DataModuleBase(L.LightningDataModule):
                 f"{type(self).__name__}: the training set has {len(dataset)} items, fewer than one batch of "
                 f"{self.batch_size}; lower batch_size"
             )
+        batch = self.device_batch_size(train)
         return DataLoader(
             dataset,
-            batch_size=self.device_batch_size(train),
-            shuffle=train,
+            batch_size=batch,
+            sampler=self._train_sampler(dataset, batch) if train else None,
             drop_last=train,
             num_workers=self.num_workers,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
@@ -74,6 +82,19 @@ class DataModuleBase(L.LightningDataModule):
             # own, so validating does not move training's random stream
             generator=None if train else torch.Generator().manual_seed(0),
         )
+
+    def _train_sampler(self, dataset: Dataset, batch: int) -> "ResumableSampler":
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = ResumableSampler(dataset, world, rank, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))
+        if trainer is not None and batch:
+            # a resumed run: the batches of its epoch that went through an optimizer step were seen
+            # (``processed``: a checkpoint saved at batch end precedes the batch's ``completed``)
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            per_epoch = max(1, len(sampler) // batch)
+            sampler.set_epoch(trainer.current_epoch + done // per_epoch)
+            sampler.skip = (done % per_epoch) * batch
+        return sampler
 
     def device_batch_size(self, train: bool = True) -> int:
         """Rows per micro-batch on each rank: ``batch_size`` split over the ranks (and, for training,
@@ -106,3 +127,18 @@ def split_batch(global_batch: int, world_size: int, accumulate: int = 1) -> int:
             f"to a multiple of {parts} (e.g. {max(parts, global_batch // parts * parts)})"
         )
     return global_batch // parts
+
+
+class ResumableSampler(DistributedSampler):
+    """The training order: this rank's share of a permutation drawn from (seed, epoch) alone (as
+    Lightning's DistributedSampler, which it replaces on one device too), and ``skip`` indices left
+    out of the next pass only, for a run resumed mid-epoch. Lightning calls ``set_epoch``."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.skip = 0
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        skip, self.skip = self.skip, 0
+        return iter(indices[skip:])
