@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 # what torch.load raises for a file it cannot read: a pickle that would run code or build other
 # objects (UnpicklingError), a truncated or foreign file (zip reader errors, EOF)
@@ -54,3 +55,22 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path} is a torch file but not a Lightning checkpoint (no state_dict)")
     return checkpoint
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made crash-safe on local and network filesystems: the bytes go
+    to a temporary file beside the target, are flushed to disk, and replace the target in one
+    rename, so a crash or kill mid-save leaves the previous checkpoint whole. (Lightning's own
+    writer stages the file in the system's temp folder, and on another filesystem its final move
+    is a copy over the old file.) Remote URLs (``s3://`` ...) keep Lightning's writer. The CLI
+    installs it for every run."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        from mmf_lightning.files import atomic_write
+
+        with atomic_write(path) as tmp, open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())

@@ -192,7 +192,9 @@ def test_a_broken_checkpoint_is_named_in_one_line(quickstart_checkpoint, tmp_pat
     elif damage == "text":
         bad.write_text("not a checkpoint\n")
     for command in (["sample", "--ckpt_path", str(bad), "--output", str(tmp_path / "s.npz")],
-                    ["validate", "--config", str(QUICKSTART), "--ckpt_path", str(bad)]):  # fmt: skip
+                    ["validate", "--config", str(QUICKSTART), "--ckpt_path", str(bad)],
+                    ["fit", "--config", str(QUICKSTART), "--ckpt_path", str(bad)],
+                    ["evaluate", str(bad), "--output", str(tmp_path / "eval")]):  # fmt: skip
         with pytest.raises(SystemExit) as info:
             main(command)
         last = capsys.readouterr().err.rstrip().splitlines()[-1]
