@@ -98,14 +98,14 @@ class Run:
             from mmf_lightning.wandb_files import read_run
 
             rows = [{**r, "step": r.get("trainer/global_step", r.get("_step"))} for r in read_run(wandb_folder).history]
-        series: dict[str, list[tuple[int, float]]] = {}
-        for row in rows:
+        series: dict[str, dict[int, float]] = {}
+        for row in rows:  # a step logged twice (before a crash, and after the resume): the later row
             step = row.get("step")
             for key, value in row.items():
                 if key not in ("step", "epoch", "_step", "_runtime", "_timestamp", "trainer/global_step"):
                     if step is not None and isinstance(value, int | float) and math.isfinite(value):
-                        series.setdefault(key, []).append((int(step), float(value)))
-        return {k: tuple(map(list, zip(*sorted(v)))) for k, v in series.items()}
+                        series.setdefault(key, {})[int(step)] = float(value)
+        return {k: tuple(map(list, zip(*sorted(v.items())))) for k, v in series.items()}
 
     def final(self, key: str) -> float | None:
         """The last logged value of a metric, None if never logged."""

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from mmf_lightning.runs import find_runs
+
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--model.net.init_args.width=32", "--model.net.init_args.depth=2", "--data.init_args.num_train=2048",
          "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.log_every_n_steps=1",
@@ -48,3 +50,6 @@ def test_sigterm_saves_the_step_and_the_run_resumes_from_it(tmp_path):
     first, last, lam = marker.read_text().split()
     assert (int(first), int(last)) == (step, step + 3)  # three more steps, from where it stopped
     assert float(lam) > saved["mmf_lightning"]["lambda"]  # the curriculum went on from its step
+    # one folder, one metrics file: the rows from before the preemption are still there
+    (run,) = find_runs(tmp_path)
+    assert run.metrics["train/loss"][0] == list(range(step + 3))
