@@ -7,7 +7,19 @@ works for both.
 """
 
 import inspect
+import math
 from typing import Any
+
+MAX_COUNT = 10**12  # more than any run takes or any set holds: larger counts are typing errors
+
+
+def check_count(name: str, value, minimum: int = 0, unit: str = "") -> int:
+    """A count from a config (steps, items, workers): a whole number in [minimum, 1e12]; NaN,
+    infinities, fractions and booleans are errors naming the value."""
+    whole = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not whole or not minimum <= value <= MAX_COUNT or value != int(value):
+        raise ValueError(f"{name} must be a whole number{unit} in [{minimum}, {MAX_COUNT:.0e}], got {value!r}")
+    return int(value)
 
 
 class RecordsInit:

@@ -17,6 +17,7 @@ from torch import nn
 from mmf_lightning import sampling
 from mmf_lightning.config import init_config
 from mmf_lightning.objectives import Objective, SampledPath
+from mmf_lightning.objectives.schedules import check_steps
 from mmf_lightning.objectives.time_sampling import check_times
 from mmf_lightning.sources import Source, StandardNormal
 
@@ -91,21 +92,22 @@ class MeanFlowModule(L.LightningModule):
         skip_check_every_n_steps: int | None = None,
     ):
         super().__init__()
-        if lr <= 0 or min_lr < 0 or min_lr > lr:
+        if not (math.isfinite(lr) and math.isfinite(min_lr)) or lr <= 0 or min_lr < 0 or min_lr > lr:
             raise ValueError(
                 f"need lr > 0 and 0 <= min_lr <= lr, got lr={lr}, min_lr={min_lr}; set model.lr and model.min_lr"
             )
-        if lr_warmup_steps < 0:
-            raise ValueError(f"lr_warmup_steps must be >= 0, got {lr_warmup_steps}")
         if lr_decay not in ("cosine", "constant"):
             raise ValueError(f"lr_decay must be 'cosine' or 'constant', got {lr_decay!r}")
-        if loss_var_window < 2:
+        lr_warmup_steps = check_steps("lr_warmup_steps", lr_warmup_steps)
+        if check_steps("loss_var_window", loss_var_window) < 2:
             raise ValueError(f"loss_var_window must be >= 2, got {loss_var_window}")
-        if max_skipped_in_a_row < 0 or (skip_check_every_n_steps is not None and skip_check_every_n_steps < 1):
-            raise ValueError(
-                f"need max_skipped_in_a_row >= 0 and skip_check_every_n_steps >= 1, got {max_skipped_in_a_row}, "
-                f"{skip_check_every_n_steps}"
-            )
+        loss_var_window = int(loss_var_window)
+        max_skipped_in_a_row = check_steps("max_skipped_in_a_row", max_skipped_in_a_row)
+        if (
+            skip_check_every_n_steps is not None
+            and check_steps("skip_check_every_n_steps", skip_check_every_n_steps) < 1
+        ):
+            raise ValueError(f"skip_check_every_n_steps must be >= 1, got {skip_check_every_n_steps}")
         self.source = source if source is not None else StandardNormal()
         self._save_hparams(net, objective, self.source)
         self.net = net

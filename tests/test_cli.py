@@ -146,7 +146,10 @@ def test_unknown_config_key(tmp_path, capsys):
 @pytest.mark.parametrize(
     "override, match",
     [
-        ("--lambda_schedule.schedule.init_args.warmup_steps=-5", "warmup_steps must be >= 0, got -5"),
+        (
+            "--lambda_schedule.schedule.init_args.warmup_steps=-5",
+            "warmup_steps must be a whole number of steps in .0, 1e.12., got -5",
+        ),
         ("--lambda_schedule.schedule.init_args.end=1.5", r"LinearWarmup end must be in \[0, 1\], got 1.5"),
         ("--model.net.init_args.dim=3", r"network expects data of shape \(3,\) but the datamodule"),
     ],

@@ -21,6 +21,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
+from mmf_lightning.config import check_count
+
 
 class DictDataset(Dataset):
     """Tensors of equal length -> {"key": tensor[i], ...}."""
@@ -56,10 +58,8 @@ class DataModuleBase(L.LightningDataModule):
         self, batch_size: int, num_workers: int = 0, persistent_workers: bool = True, pin_memory: bool | None = None
     ):
         super().__init__()
-        if batch_size < 1 or num_workers < 0:
-            raise ValueError(f"need batch_size >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
-        self.batch_size = batch_size
-        self.num_workers = num_workers
+        self.batch_size = check_count("batch_size", batch_size, 1)
+        self.num_workers = check_count("num_workers", num_workers)
         self.persistent_workers = persistent_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
 

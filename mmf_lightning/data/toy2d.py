@@ -4,6 +4,7 @@ from collections.abc import Sequence
 
 import torch
 
+from mmf_lightning.config import check_count
 from mmf_lightning.data.base import DataModuleBase, DictDataset
 from mmf_lightning.distributions import DISTRIBUTIONS, sample_distribution
 
@@ -38,8 +39,7 @@ class ToyDataModule(DataModuleBase):
         pin_memory: bool | None = None,
     ):
         super().__init__(batch_size, num_workers, persistent_workers, pin_memory)
-        if num_train < 1 or num_val < 0:
-            raise ValueError(f"need num_train >= 1 and num_val >= 0, got {num_train}, {num_val}")
+        num_train, num_val = check_count("num_train", num_train, 1), check_count("num_val", num_val)
         self.distribution, self.mean, self.std = distribution, tuple(mean), tuple(std)
         self.num_train, self.num_val, self.seed = num_train, num_val, seed
         self.data_shape = tuple(self._sample(1).shape[1:])  # fails now on an unknown name or bad parameters

@@ -252,8 +252,8 @@ class NpzTrajectoryDataModule(TrajectoryDataModule):
             raise ValueError(f"{self.file} has no array 'states' (N, K + 1, D)") from err
         except Exception as err:  # BadZipFile, EOFError, OSError, ValueError: a truncated or foreign file
             raise ValueError(f"{self.file} is not a readable .npz ({err!r}); write it with numpy.savez") from err
-        if states.ndim != 3 or states.shape[1] < 2:
-            raise ValueError(f"{self.file}: 'states' must be (N, K + 1 >= 2, D), got {states.shape}")
+        if states.ndim != 3 or states.shape[0] < 1 or states.shape[1] < 2 or states.shape[2] < 1:
+            raise ValueError(f"{self.file}: 'states' must be (N >= 1, K + 1 >= 2, D >= 1), got {states.shape}")
         if velocities is None:
             velocities = np.gradient(states, self.horizon / (states.shape[1] - 1), axis=1)
         check_finite(states, velocities, str(self.file))

@@ -7,13 +7,18 @@ callback, the tests and a notebook plotting a curriculum all use the same code.
 import math
 from collections.abc import Sequence
 
-from mmf_lightning.config import RecordsInit
+from mmf_lightning.config import RecordsInit, check_count
 
 
 def _check_unit(name: str, value: float) -> float:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
     return float(value)
+
+
+def check_steps(name: str, value) -> int:
+    """A count of steps: a whole number >= 0 (NaN, infinities and fractions are errors naming it)."""
+    return check_count(name, value, 0, " of steps")
 
 
 class LambdaSchedule(RecordsInit):
@@ -38,9 +43,7 @@ class Constant(LambdaSchedule):
 
 class _Warmup(LambdaSchedule):
     def __init__(self, warmup_steps: int, start: float = 0.0, end: float = 1.0):
-        if warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
-        self.warmup_steps = int(warmup_steps)
+        self.warmup_steps = check_steps(f"{type(self).__name__} warmup_steps", warmup_steps)
         self.start = _check_unit(f"{type(self).__name__} start", start)
         self.end = _check_unit(f"{type(self).__name__} end", end)
 
@@ -74,7 +77,9 @@ class Step(LambdaSchedule):
             raise ValueError(
                 f"Step needs one more value than milestones, got {len(milestones)} milestones and {len(values)} values"
             )
-        if any(m < 0 for m in milestones) or milestones != sorted(set(milestones)):
+        for m in milestones:
+            check_steps("Step milestone", m)
+        if milestones != sorted(set(milestones)):
             raise ValueError(f"Step milestones must be distinct, increasing and >= 0, got {milestones}")
         self.milestones = milestones
         self.values = [_check_unit("Step value", v) for v in values]

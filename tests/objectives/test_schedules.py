@@ -23,7 +23,7 @@ def test_cosine_and_step_and_constant():
     "make, match",
     [
         (lambda: Constant(1.2), r"Constant lambda value must be in \[0, 1\], got 1.2"),
-        (lambda: LinearWarmup(-5), "warmup_steps must be >= 0, got -5"),
+        (lambda: LinearWarmup(-5), "warmup_steps must be a whole number of steps in \\[0, 1e\\+12\\], got -5"),
         (lambda: LinearWarmup(10, start=-0.5), r"LinearWarmup start must be in \[0, 1\], got -0.5"),
         (lambda: Step([10, 5], [0, 0.5, 1]), "milestones must be distinct, increasing"),
         (lambda: Step([10], [0, 0.5, 1]), "one more value than milestones"),

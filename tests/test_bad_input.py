@@ -1,0 +1,173 @@
+"""Bad input, systematically (hypothesis): schedules, model and data settings, sample counts and
+steps, and values given on the command line. Every case either is valid (and behaves) or ends in
+a ValueError / one-line CLI error that names the bad value; never a traceback from inside torch,
+never a run that trains on garbage. Each property tries MAX = 150 examples (the command line 40):
+1,092 cases a run of the suite, new ones each run (hypothesis keeps the failures it found)."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mmf_lightning.cli import MMFLightningCLI
+from mmf_lightning.data import ToyDataModule
+from mmf_lightning.metrics.evaluation import EvaluationSettings
+from mmf_lightning.module import MeanFlowModule
+from mmf_lightning.nets import MLP
+from mmf_lightning.objectives import Constant, CosineWarmup, LinearWarmup, ModularMeanFlow, Step, TimeSampler
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX = 150
+FAST = settings(max_examples=MAX, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# numbers as a config file or the command line can hold them: any float (NaN and infinities too), any int
+NUMBERS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-(10**6), 10**6))
+
+
+def names_it(err: BaseException, *values) -> bool:
+    """The message shows the bad value (as the user wrote it, or as Python prints it)."""
+    text = str(err)
+    return any(str(v) in text or repr(v) in text for v in values)
+
+
+@FAST
+@given(value=NUMBERS)
+def test_constant_lambda_is_in_the_unit_interval_or_named(value):
+    try:
+        schedule = Constant(value)
+    except ValueError as err:
+        assert not 0.0 <= value <= 1.0 and names_it(err, value)
+        return
+    assert 0.0 <= schedule(0) <= 1.0 and schedule(10**9) == schedule(0)
+
+
+@FAST
+@given(kind=st.sampled_from([LinearWarmup, CosineWarmup]), warmup=NUMBERS, start=NUMBERS, end=NUMBERS,
+       step=st.integers(0, 10**9))  # fmt: skip
+def test_warmup_schedules_stay_in_the_unit_interval_or_name_the_value(kind, warmup, start, end, step):
+    try:
+        schedule = kind(warmup, start, end)
+    except (ValueError, TypeError) as err:
+        assert names_it(err, warmup, start, end)
+        return
+    lam = schedule(step)
+    assert math.isfinite(lam) and min(start, end) - 1e-12 <= lam <= max(start, end) + 1e-12
+
+
+@FAST
+@given(milestones=st.lists(st.integers(-5, 50), max_size=4), values=st.lists(NUMBERS, max_size=5),
+       step=st.integers(0, 100))  # fmt: skip
+def test_step_schedules_are_valid_or_named(milestones, values, step):
+    try:
+        schedule = Step(milestones, values)
+    except ValueError as err:
+        assert names_it(err, milestones, len(values), *values, *milestones)
+        return
+    assert schedule(step) in schedule.values
+
+
+def _net():
+    return MLP(dim=2, width=8, depth=1, time_dim=8)
+
+
+def _objective():
+    return ModularMeanFlow(tangent="instantaneous", time_sampler=TimeSampler("uniform", equal_fraction=0.25))
+
+
+@FAST
+@given(lr=NUMBERS, min_lr=NUMBERS, warmup=NUMBERS, window=NUMBERS, skipped=NUMBERS)
+def test_module_settings_are_valid_or_named(lr, min_lr, warmup, window, skipped):
+    kwargs = dict(lr=lr, min_lr=min_lr, lr_warmup_steps=warmup, loss_var_window=window, max_skipped_in_a_row=skipped)
+    try:
+        MeanFlowModule(_net(), _objective(), **kwargs)
+    except (ValueError, TypeError) as err:
+        assert names_it(err, *kwargs.values())
+        return
+    assert math.isfinite(lr) and lr > 0 and 0 <= min_lr <= lr and warmup >= 0 and window >= 2 and skipped >= 0
+
+
+MODULE = MeanFlowModule(_net(), _objective())
+
+
+@FAST
+@given(n=st.integers(-3, 3), steps=st.integers(-3, 3))
+def test_impossible_sample_counts_and_steps_are_named(n, steps):
+    try:
+        x = MODULE.sample(n, steps, generator=torch.Generator().manual_seed(0))
+    except ValueError as err:
+        assert (n < 1 or steps < 1) and names_it(err, n if n < 1 else steps)
+        return
+    assert x.shape == (n, 2) and torch.isfinite(x).all()
+
+
+@FAST
+@given(num_samples=NUMBERS, steps=NUMBERS, batch_size=NUMBERS, distance_samples=NUMBERS)
+def test_evaluation_settings_are_valid_or_named(num_samples, steps, batch_size, distance_samples):
+    try:
+        EvaluationSettings(num_samples, steps, batch_size, 0, distance_samples, 0)
+    except (ValueError, TypeError) as err:
+        assert names_it(err, num_samples, steps, batch_size, distance_samples)
+
+
+SIZES = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10, 4096))  # (valid ones stay cheap)
+
+
+@FAST
+@given(num_train=SIZES, batch_size=SIZES)
+def test_toy_data_sizes_are_valid_or_named(num_train, batch_size):
+    try:
+        dm = ToyDataModule("checkerboard", num_train=num_train, num_val=8, batch_size=batch_size)
+        dm.setup("fit")
+        batch = next(iter(dm.train_dataloader()))
+    except (ValueError, TypeError) as err:
+        assert names_it(err, num_train, batch_size)
+        return
+    assert batch["x"].shape[0] == batch_size and torch.isfinite(batch["x"]).all()
+
+
+# the command line: values as text, as a user types them
+TEXT = st.one_of(
+    st.sampled_from(["nan", "inf", "-inf", "-1", "0", "1e999", "abc", "[1, 2]", "{}", "null", "true", "", "1e-3"]),
+    st.floats(allow_nan=False).map(str),
+)
+OPTIONS = ["model.lr", "model.min_lr", "model.loss_var_window", "data.init_args.batch_size",
+           "data.init_args.num_train", "lambda_schedule.schedule.init_args.warmup_steps",
+           "model.objective.init_args.time_sampler.init_args.equal_fraction"]  # fmt: skip
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(option=st.sampled_from(OPTIONS), text=TEXT)
+def test_command_line_values_are_valid_or_named_in_one_line(option, text):
+    """The quickstart with one option set to ``text``: either the CLI builds the run (and the value
+    is a valid one), or it stops with an error naming the option or the value."""
+    args = ["--config", str(ROOT / "configs/quickstart.yaml"), f"--{option}={text}", "--trainer.logger=false"]
+    try:
+        cli = MMFLightningCLI(args=args, run=False)
+    except SystemExit as err:  # jsonargparse: a value of the wrong type, printed as a usage error
+        assert err.code == 2
+        return
+    except (ValueError, TypeError) as err:
+        assert names_it(err, text, option.rsplit(".", 1)[-1]) or text in str(err), str(err)
+        return
+    value = cli.config
+    for part in option.split("."):
+        value = value[part]
+    assert isinstance(value, int | float) and math.isfinite(value) and value >= 0, (option, text, value)
+
+
+@pytest.mark.parametrize("data", [[], [[float("nan"), 0.0]]], ids=["empty", "nan"])
+def test_empty_or_nan_trajectory_files_are_named(tmp_path, data):
+    import numpy as np
+
+    from mmf_lightning.data import NpzTrajectoryDataModule
+
+    path = tmp_path / "t.npz"
+    states = np.asarray(data, dtype=np.float32).reshape(len(data), 1, -1) if data else np.zeros((0, 2, 2))
+    if data:
+        states = np.repeat(states, 3, axis=1)
+    np.savez(path, states=states)
+    with pytest.raises(ValueError) as err:
+        NpzTrajectoryDataModule(file=str(path)).setup("fit")
+    assert str(path) in str(err.value) or "t.npz" in str(err.value)
