@@ -1,8 +1,14 @@
-"""Exact resume: a run killed with SIGKILL mid-epoch and resumed from its last checkpoint logs the
-same loss and lambda, step by step, as the run that was never interrupted (CPU: bit for bit).
+"""Runs that survive being stopped, with real signals to real training processes:
 
-It is also the determinism check: the killed run and the uninterrupted one are separate processes
-with the same seed and config, and the resumed steps can only match if their first six did."""
+- SIGKILL mid-epoch, then ``--ckpt_path <its last periodic checkpoint>``: the resumed run logs the
+  same loss and lambda at every step as the run that was never interrupted (CPU: bit for bit);
+- SIGTERM (preemption): the run saves ``last.ckpt`` at the step it reached and exits with status
+  0; the same command with ``--ckpt_path last`` continues in the same folder, exactly, and its
+  ``metrics.csv`` still holds the rows from before the signal.
+
+It is also the determinism check: the runs are separate processes with the same seed and config,
+and the resumed steps can only match the uninterrupted ones if everything before them did. The
+processes of each phase run side by side (2 cores)."""
 
 import csv
 import os
@@ -12,54 +18,84 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from mmf_lightning.runs import find_runs
+
 ROOT = Path(__file__).resolve().parents[1]
-# 1024 points in batches of 256: 4 optimizer steps an epoch, so the checkpoint at step 6 is mid-epoch
+# 1024 points in batches of 256: 4 optimizer steps an epoch; the kills land at step 7, mid-epoch
 SMALL = ["--model.net.init_args.width=32", "--model.net.init_args.depth=2", "--data.init_args.num_train=1024",
          "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.log_every_n_steps=1",
-         "--trainer.max_steps=12"]  # fmt: skip
+         "--trainer.max_steps=12", "--lambda_schedule.schedule.init_args.warmup_steps=10"]  # fmt: skip
+ENV = dict(os.environ, PYTHONPATH=f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
 
 
 def _losses(folder: Path) -> dict[int, tuple[str, str]]:
     with open(folder / "metrics.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r.get("train/loss")]
-    return {int(r["step"]): (r["train/loss"], r["train/lambda"]) for r in rows}
+    return {int(r["step"]): (r["train/loss"], r["train/lambda"]) for r in rows}  # a step twice: the later row
 
 
-def test_a_run_killed_mid_epoch_resumes_exactly(tmp_path):
-    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    ckpts = tmp_path / "ckpts"
-    base = [sys.executable, "-m", "mmf_lightning", "fit", "--config", str(ROOT / "configs/quickstart.yaml"), *SMALL,
-            f"--trainer.default_root_dir={tmp_path}", "--lambda_schedule.schedule.init_args.warmup_steps=10",
-            "--trainer.callbacks+=ModelCheckpoint", f"--trainer.callbacks.dirpath={ckpts}",
-            "--trainer.callbacks.filename={step}", "--trainer.callbacks.every_n_train_steps=3",
-            "--trainer.callbacks.save_top_k=-1"]  # fmt: skip
-    run = dict(env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
-    whole = subprocess.Popen(  # the uninterrupted run, beside the one to kill (2 cores)
-        [*base, f"--trainer.callbacks.dirpath={tmp_path / 'whole'}", "--trainer.logger.init_args.version=whole"],
-        env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    marker = tmp_path / "marker"
-    killed = subprocess.Popen(
-        [*base, "--trainer.callbacks+=helpers.StepMarker", f"--trainer.callbacks.path={marker}",
-         "--trainer.callbacks.step=7", "--trainer.callbacks.pause=60"],
-        env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+def _start(args, tmp_path, version, *extra) -> subprocess.Popen:
+    command = [sys.executable, "-m", "mmf_lightning", "fit", "--config", str(ROOT / "configs/quickstart.yaml"),
+               *SMALL, f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.version={version}",
+               *args, *extra]  # fmt: skip
+    return subprocess.Popen(command, env=ENV, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(proc: subprocess.Popen) -> str:
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def _wait_for(marker: Path, proc: subprocess.Popen) -> None:
     deadline = time.monotonic() + 180
-    while not marker.exists() and killed.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert marker.exists(), "the run to kill never reached step 7"
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), proc.communicate()[0][-3000:] if proc.poll() is not None else "no step 7 in 180 s"
+
+
+def test_killed_and_preempted_runs_resume_exactly(tmp_path):
+    periodic = tmp_path / "periodic"  # the SIGKILLed run's checkpoints, every 3 steps
+    every3 = ["--trainer.callbacks+=ModelCheckpoint", f"--trainer.callbacks.dirpath={periodic}",
+              "--trainer.callbacks.filename={step}", "--trainer.callbacks.every_n_train_steps=3",
+              "--trainer.callbacks.save_top_k=-1"]  # fmt: skip
+
+    def stop_at_7(name, pause):  # the signal lands during the pause (a sleep goes on after a handler ran)
+        return ["--trainer.callbacks+=helpers.StepMarker", f"--trainer.callbacks.path={tmp_path / name}",
+                "--trainer.callbacks.step=7", f"--trainer.callbacks.pause={pause}"]  # fmt: skip
+
+    whole = _start([], tmp_path, "whole")
+    killed = _start([*every3, *stop_at_7("killed", 60)], tmp_path, "killed")
+    _wait_for(tmp_path / "killed", killed)
     killed.send_signal(signal.SIGKILL)  # no handler runs: the checkpoint at step 6 is all that is left
     killed.wait(timeout=30)
-    assert sorted(p.name for p in ckpts.iterdir()) == ["step=3.ckpt", "step=6.ckpt"]
-
-    resumed = subprocess.run(
-        [*base, f"--ckpt_path={ckpts / 'step=6.ckpt'}", "--trainer.logger.init_args.version=resumed"], **run
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert whole.wait(timeout=240) == 0, whole.stderr.read()[-3000:]
+    preempted = _start(stop_at_7("preempted", 2), tmp_path, "preempted")
+    _wait_for(tmp_path / "preempted", preempted)
+    preempted.send_signal(signal.SIGTERM)
+    out = _finish(preempted)  # status 0: a scheduler may requeue it
     runs = tmp_path / "mmf_curriculum_instantaneous"
-    reference, after = _losses(runs / "whole"), _losses(runs / "resumed")
-    assert sorted(after) == list(range(6, 12))  # the resumed run logged steps 6 to 11
+    last = runs / "preempted" / "checkpoints" / "last.ckpt"
+    assert f"SIGTERM at step 7: saved {last}" in out
+    saved = torch.load(last, weights_only=True)
+    assert saved["global_step"] == 7 and saved["callbacks"]  # with the lambda schedule's and the EMA's states
+    assert sorted(p.name for p in periodic.iterdir()) == ["step=3.ckpt", "step=6.ckpt"]
+
+    from_kill = _start([f"--ckpt_path={periodic / 'step=6.ckpt'}"], tmp_path, "resumed")
+    from_sigterm = _start(["--ckpt_path=last"], tmp_path, "preempted")  # the same command, the same folder
+    for proc in (whole, from_kill, from_sigterm):
+        _finish(proc)
+
+    reference = _losses(runs / "whole")
+    assert len({loss for loss, _ in reference.values()}) == 12  # the loss moved: the comparisons mean something
+    after_kill = _losses(runs / "resumed")
+    assert sorted(after_kill) == list(range(6, 12))
+    after_sigterm = _losses(runs / "preempted")
+    assert sorted(after_sigterm) == list(range(12))  # one metrics.csv: the rows from before SIGTERM kept
     for step in range(6, 12):
-        assert after[step] == reference[step], f"step {step}: resumed {after[step]}, uninterrupted {reference[step]}"
-    assert len({loss for loss, _ in reference.values()}) == 12  # the loss moved: the comparison means something
+        assert after_kill[step] == reference[step], f"step {step}: resumed {after_kill[step]}, whole {reference[step]}"
+    for step in range(12):
+        assert after_sigterm[step] == reference[step], f"step {step}: {after_sigterm[step]}, whole {reference[step]}"
+    (preempted_run,) = [r for r in find_runs(tmp_path) if r.folder.name == "preempted"]
+    assert preempted_run.metrics["train/loss"][0] == list(range(12))
