@@ -19,6 +19,8 @@ from mmf_lightning.config import init_config
 from mmf_lightning.objectives import Objective, SampledPath
 from mmf_lightning.objectives.schedules import check_steps
 from mmf_lightning.objectives.time_sampling import check_times
+from mmf_lightning.rng_state import gather_rng, restore_rng
+from mmf_lightning.skip_guard import SkipGuard
 from mmf_lightning.sources import Source, StandardNormal
 
 try:  # set by LightningCLI while it builds the module; absent when built in Python
@@ -118,6 +120,7 @@ class MeanFlowModule(L.LightningModule):
         self._steps_seen = 0
         self.guard = SkipGuard(max_skipped_in_a_row)
         self.last_step_kept: torch.Tensor | None = None  # bool on the device: False if the last step was skipped
+        self._rng_to_restore: dict | None = None  # a resumed fit's random streams, set at train start
 
     def _save_hparams(self, net: nn.Module, objective: Objective, source: Source) -> None:
         from_cli = _given_hyperparameters is not None and _given_hyperparameters.get() is not None
@@ -250,7 +253,6 @@ class MeanFlowModule(L.LightningModule):
     def on_fit_start(self) -> None:
         if self.trainer.world_size > 1:  # every rank would otherwise draw the same noise and times
             torch.manual_seed(torch.initial_seed() + self.global_rank)
-
         schedulers = [cb for cb in self.trainer.callbacks if type(cb).__name__ == "LambdaScheduler"]
         if len(schedulers) > 1:
             raise ValueError(
@@ -327,7 +329,7 @@ class MeanFlowModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         self._steps_seen = self.global_step
-        if getattr(self, "_rng_to_restore", None) is not None:  # a resumed fit: the random streams go on
+        if self._rng_to_restore is not None:  # a resumed fit: the random streams go on
             restore_rng(self._rng_to_restore, self.global_rank, self.trainer.world_size)
             self._rng_to_restore = None
 
@@ -443,127 +445,3 @@ class MeanFlowModule(L.LightningModule):
         # load_from_checkpoint in a notebook leaves the caller's generator alone
         fitting = self._trainer is not None and self.trainer.state.fn == "fit"
         self._rng_to_restore = state.get("rng") if fitting else None
-
-
-class SkipGuard:
-    """Skips optimizer steps whose loss or gradient is not finite, without a host sync per step.
-
-    The flags stay on the device: a fused Adam reads ``found_inf`` and leaves weights, moments and
-    its step count alone (other optimizers: the grads are dropped, which costs one sync). The
-    counters (skipped steps, and the longest run of them in a row since the last check) are read
-    by the host only in ``check``, which stops the run after ``max_in_a_row`` skipped steps in a
-    row. Every rank sees the same flags (the loss flag is summed over ranks, the gradient is
-    all-reduced), so every rank takes the same decision.
-    """
-
-    def __init__(self, max_in_a_row: int):
-        self.max_in_a_row = max_in_a_row
-        self._loss_bad: torch.Tensor | None = None
-        self.skipped = torch.zeros(())
-        self._run = torch.zeros(())  # skipped steps in a row, up to now
-        self._longest = torch.zeros(())  # the longest such run since the last check
-        self._reported = 0
-
-    def loss_not_finite(self, flag: torch.Tensor) -> None:
-        """A micro-batch's flag (any rank); the step is skipped if any of its micro-batches had one."""
-        self._loss_bad = flag if self._loss_bad is None else self._loss_bad | flag
-
-    def skip_if_not_finite(self, optimizer, grad_norm: torch.Tensor) -> torch.Tensor:
-        """Called before the optimizer step: skip it if needed. Returns the device flag "kept"."""
-        bad = ~torch.isfinite(grad_norm)
-        if self._loss_bad is not None:
-            bad = bad | self._loss_bad.to(bad.device)
-        self._loss_bad = None
-        optimizer = getattr(optimizer, "optimizer", optimizer)  # a LightningOptimizer wraps the torch one
-        if optimizer.defaults.get("fused"):
-            optimizer.found_inf = bad.float()
-        elif bad.item():
-            for group in optimizer.param_groups:
-                for p in group["params"]:
-                    p.grad = None  # Adam leaves a parameter without a gradient untouched
-        self.skipped, self._run, self._longest = (t.to(bad.device) for t in (self.skipped, self._run, self._longest))
-        self.skipped = self.skipped + bad
-        self._run = (self._run + 1) * bad
-        self._longest = torch.maximum(self._longest, self._run)
-        return ~bad
-
-    def check(self, step: int, lam: float, trainer=None) -> None:
-        """Read the counters (a sync): warn of newly skipped steps; stop after too many in a row."""
-        longest, skipped = int(self._longest), int(self.skipped)
-        self._longest = self._run.clone()
-        if longest > self.max_in_a_row:
-            last = ""
-            ckpt = getattr(getattr(trainer, "checkpoint_callback", None), "last_model_path", "") if trainer else ""
-            if ckpt:
-                last = f"; the skipped steps changed no weights, so the last checkpoint {ckpt} is intact"
-            raise FloatingPointError(
-                f"training diverged: {longest} optimizer step(s) in a row had a non-finite loss or gradient (by step "
-                f"{step}, lambda={lam}; limit model.max_skipped_in_a_row={self.max_in_a_row}){last}. Lower the "
-                "learning rate, clip gradients (trainer.gradient_clip_val), or check the data"
-            )
-        if skipped > self._reported:
-            from lightning.pytorch.utilities import rank_zero_warn
-
-            rank_zero_warn(
-                f"skipped {skipped - self._reported} optimizer step(s) with a non-finite loss or gradient by step "
-                f"{step} ({skipped} in all, logged as train/skipped_steps)"
-            )
-            self._reported = skipped
-
-    def state_dict(self) -> dict:
-        return {"skipped": int(self.skipped), "in_a_row": int(self._run)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.skipped = torch.tensor(float(state.get("skipped", 0)))
-        self._run = torch.tensor(float(state.get("in_a_row", 0)))
-        self._longest = self._run.clone()
-        self._reported = int(self.skipped)
-
-
-def gather_rng(strategy) -> dict:
-    """Every rank's torch (CPU and current CUDA device), numpy and Python random states, as plain
-    tensors and lists (a checkpoint stays ``weights_only``-loadable): rank -> state."""
-    import random
-
-    import numpy as np
-
-    kind, keys, pos, gauss, cached = np.random.get_state()
-    mine = {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
-        "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(gauss), float(cached)],
-        "python": [list(v) if isinstance(v, tuple) else v for v in random.getstate()],
-    }
-    world = strategy.world_size
-    if world == 1:
-        return {"world_size": 1, "ranks": [mine]}
-    import torch.distributed as dist
-
-    everyone = [None] * world
-    dist.all_gather_object(everyone, mine)  # small: a few KB a rank, once per checkpoint
-    return {"world_size": world, "ranks": everyone}
-
-
-def restore_rng(state: dict, rank: int, world_size: int) -> None:
-    """Set this rank's random streams from ``gather_rng``'s record (a warning, and nothing else,
-    when the world size differs: then the streams cannot continue as they were)."""
-    import random
-
-    import numpy as np
-
-    if state.get("world_size") != world_size:
-        from lightning.pytorch.utilities import rank_zero_warn
-
-        rank_zero_warn(
-            f"the checkpoint holds the random streams of {state.get('world_size')} rank(s), this run has {world_size}: "
-            "training goes on with fresh ones (not bit-identical to an uninterrupted run)"
-        )
-        return
-    mine = state["ranks"][rank]
-    torch.set_rng_state(mine["torch"])
-    if mine.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(mine["cuda"])
-    keys, pos, gauss, cached = mine["numpy"]
-    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, gauss, cached))
-    version, internal, gauss_next = mine["python"]
-    random.setstate((version, tuple(internal), gauss_next))
