@@ -89,7 +89,7 @@ class Run:
     @cached_property
     def metrics(self) -> dict[str, tuple[list[int], list[float]]]:
         """Every logged scalar: name -> (steps, values), in step order. From ``metrics.csv``, else
-        from the W&B run file; {} when the run logged neither."""
+        the W&B run file, else TensorBoard's event files; {} when the run logged none."""
         rows = []
         if (self.folder / "metrics.csv").is_file():
             with open(self.folder / "metrics.csv", newline="") as f:
@@ -98,6 +98,12 @@ class Run:
             from mmf_lightning.wandb_files import read_run
 
             rows = [{**r, "step": r.get("trainer/global_step", r.get("_step"))} for r in read_run(wandb_folder).history]
+        elif any(self.folder.glob("events.out.tfevents.*")):  # TensorBoardLogger (needs tensorboard installed)
+            from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+            events = EventAccumulator(str(self.folder), size_guidance={"scalars": 0})
+            events.Reload()
+            rows = [{"step": e.step, tag: e.value} for tag in events.Tags()["scalars"] for e in events.Scalars(tag)]
         series: dict[str, dict[int, float]] = {}
         for row in rows:  # a step logged twice (before a crash, and after the resume): the later row
             step = row.get("step")
@@ -130,7 +136,8 @@ def find_runs(folder: str | Path) -> list[Run]:
     if not folder.is_dir():
         raise FileNotFoundError(f"runs folder {folder} does not exist")
     paths = sorted(p.parent for p in folder.rglob(CONFIG_FILE) if (p.parent / "checkpoints").is_dir() or
-                   (p.parent / "metrics.csv").is_file() or wandb_run_folder(p.parent) is not None)  # fmt: skip
+                   (p.parent / "metrics.csv").is_file() or wandb_run_folder(p.parent) is not None or
+                   any(p.parent.glob("events.out.tfevents.*")))  # fmt: skip
     if not paths:
         raise FileNotFoundError(
             f"no runs under {folder}: a run is a folder with {CONFIG_FILE} and checkpoints/ or metrics "

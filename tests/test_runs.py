@@ -102,6 +102,21 @@ def test_two_wandb_runs_in_one_save_dir_stay_apart(tmp_path, monkeypatch):
         assert f"num_train={num_train}," in record["description"]
 
 
+def test_a_tensorboard_run_has_its_folder_scalars_and_pictures(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cli = _fit(tmp_path, "--trainer.logger=TensorBoardLogger", f"--trainer.default_root_dir={tmp_path / 'tb'}")
+    folder = Path(cli.trainer.logger.log_dir)
+    assert folder.parent.parent == tmp_path / "tb"  # <save_dir>/<name>/version_<n>, moved by default_root_dir
+    _check_run_folder(folder, 1e-3, 1024)
+    events = EventAccumulator(str(folder), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    assert {"train/loss", "train/lambda", "val/sw_1step"} <= set(events.Tags()["scalars"])
+    assert [image.step for image in events.Images("samples")] == [8]
+    (run,) = find_runs(tmp_path / "tb")  # the figures read it back
+    assert run.metrics["train/loss"][1] == [e.value for e in events.Scalars("train/loss")]
+
+
 def test_two_csv_runs_stay_apart(tmp_path):
     folders = []
     for lr, num_train in ((1e-3, 1024), (2e-3, 512)):
