@@ -99,3 +99,45 @@ def test_killed_and_preempted_runs_resume_exactly(tmp_path):
         assert after_sigterm[step] == reference[step], f"step {step}: {after_sigterm[step]}, whole {reference[step]}"
     (preempted_run,) = [r for r in find_runs(tmp_path) if r.folder.name == "preempted"]
     assert preempted_run.metrics["train/loss"][0] == list(range(12))
+
+
+def test_slurm_requeue_signal_saves_and_the_requeued_job_resumes_by_itself(tmp_path):
+    """SLURM's requeue signal (SIGUSR1, `#SBATCH --signal=SIGUSR1@90`) to a real run under SLURM's
+    environment variables: Lightning's SLURM plugin saves hpc_ckpt_1.ckpt in default_root_dir and
+    asks `scontrol` to requeue the job; the job is then killed, as SLURM does, and the same command
+    started again (the requeued job) resumes from that checkpoint by itself and trains on exactly
+    as the uninterrupted run. `scontrol` is a script that records its arguments: there is no SLURM
+    controller on this machine to requeue anything."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\n')
+    scontrol.chmod(0o755)
+    slurm = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "4242", "SLURM_NODELIST": "localhost",
+             "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
+             "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
+    job = tmp_path / "job"
+    command = [sys.executable, "-m", "mmf_lightning", "fit", "--config", str(ROOT / "configs/quickstart.yaml"), *SMALL,
+               f"--trainer.default_root_dir={job}", "--trainer.logger.init_args.version=4242"]  # fmt: skip
+    marker = ["--trainer.callbacks+=helpers.StepMarker", f"--trainer.callbacks.path={tmp_path / 'marker'}",
+              "--trainer.callbacks.step=7", "--trainer.callbacks.pause=3"]  # fmt: skip
+    whole = _start([], tmp_path, "whole")
+    first = subprocess.Popen([*command, *marker], env={**ENV, **slurm}, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    _wait_for(tmp_path / "marker", first)
+    first.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 60
+    while not (job / "hpc_ckpt_1.ckpt").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)  # SLURM ends the job it requeued
+    first.wait(timeout=30)
+    assert torch.load(job / "hpc_ckpt_1.ckpt", weights_only=True)["global_step"] == 7
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
+
+    requeued = subprocess.run(command, env={**ENV, **slurm}, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert requeued.returncode == 0, requeued.stderr[-3000:]
+    _finish(whole)
+    reference = _losses(tmp_path / "mmf_curriculum_instantaneous" / "whole")
+    after = _losses(job / "mmf_curriculum_instantaneous" / "version_4242")  # the job id pins the run folder
+    for step in range(7, 12):
+        assert after[step] == reference[step], f"step {step}: requeued {after[step]}, whole {reference[step]}"
