@@ -55,12 +55,21 @@ def test_there_is_a_config_per_table_2_row():
     } <= names
 
 
-# the ImageNet-64 net and stand-in data of imagenet64/curriculum.yaml with other lambda or tangent values (each covered
-# on CIFAR-10): trained by `make test-all`, parsed and validated by every run of the suite
+# configs whose net, data and objective class another config of the same task trains here, with other lambda or
+# tangent values (each value is trained on some task): trained by `make test-all`, parsed on every run of the suite
 SAME_NET_OTHER_LAMBDA = {
     "imagenet64/lambda0.yaml",
     "imagenet64/lambda1.yaml",
     "imagenet64/curriculum_instantaneous.yaml",
+    "cifar10/mmf_lambda0.yaml",
+    "cifar10/mmf_lambda05.yaml",
+    "cifar10/meanflow_stopgrad.yaml",
+    "cifar10_low_data/lambda0.yaml",
+    "cifar10_low_data/lambda1.yaml",
+    "cifar10_low_data/curriculum_instantaneous.yaml",
+    "digits/lambda0.yaml",
+    "digits/lambda1.yaml",
+    "digits/curriculum_instantaneous.yaml",
 }
 
 
@@ -85,9 +94,9 @@ def test_every_config_trains_a_few_steps(config, tmp_path, monkeypatch, torch_ho
 
 @pytest.mark.parametrize("config", sorted(SAME_NET_OTHER_LAMBDA))
 def test_configs_trained_only_in_test_all_parse(config):
-    cfg = ParseOnly(
-        args=["fit", "--config", str(ROOT / "configs" / config), *STAND_INS["imagenet64"], *SMALL_UNET]
-    ).config
+    path = ROOT / "configs" / config
+    small = [*STAND_INS.get(path.parent.name, []), *(SMALL_UNET if "unet_" in path.read_text() else [])]
+    cfg = ParseOnly(args=["fit", "--config", str(path), *small]).config
     assert cfg.fit.lambda_schedule.schedule.class_path.startswith("mmf_lightning.objectives.")
 
 

@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from mmf_lightning.runs import find_runs
@@ -101,6 +102,7 @@ def test_killed_and_preempted_runs_resume_exactly(tmp_path):
     assert preempted_run.metrics["train/loss"][0] == list(range(12))
 
 
+@pytest.mark.slow  # Lightning's own SLURM plugin path (the SIGTERM and SIGKILL resumes above run in every suite)
 def test_slurm_requeue_signal_saves_and_the_requeued_job_resumes_by_itself(tmp_path):
     """SLURM's requeue signal (SIGUSR1, `#SBATCH --signal=SIGUSR1@90`) to a real run under SLURM's
     environment variables: Lightning's SLURM plugin saves hpc_ckpt_1.ckpt in default_root_dir and
