@@ -15,9 +15,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from mmf_lightning import sampling
-from mmf_lightning.config import init_config
+from mmf_lightning.config import check_count, init_config
 from mmf_lightning.objectives import Objective, SampledPath
-from mmf_lightning.objectives.schedules import check_steps
 from mmf_lightning.objectives.time_sampling import check_times
 from mmf_lightning.rng_state import gather_rng, restore_rng
 from mmf_lightning.skip_guard import SkipGuard
@@ -100,16 +99,11 @@ class MeanFlowModule(L.LightningModule):
             )
         if lr_decay not in ("cosine", "constant"):
             raise ValueError(f"lr_decay must be 'cosine' or 'constant', got {lr_decay!r}")
-        lr_warmup_steps = check_steps("lr_warmup_steps", lr_warmup_steps)
-        if check_steps("loss_var_window", loss_var_window) < 2:
-            raise ValueError(f"loss_var_window must be >= 2, got {loss_var_window}")
-        loss_var_window = int(loss_var_window)
-        max_skipped_in_a_row = check_steps("max_skipped_in_a_row", max_skipped_in_a_row)
-        if (
-            skip_check_every_n_steps is not None
-            and check_steps("skip_check_every_n_steps", skip_check_every_n_steps) < 1
-        ):
-            raise ValueError(f"skip_check_every_n_steps must be >= 1, got {skip_check_every_n_steps}")
+        lr_warmup_steps = check_count("lr_warmup_steps", lr_warmup_steps)
+        loss_var_window = check_count("loss_var_window", loss_var_window, 2)
+        max_skipped_in_a_row = check_count("max_skipped_in_a_row", max_skipped_in_a_row)
+        if skip_check_every_n_steps is not None:
+            check_count("skip_check_every_n_steps", skip_check_every_n_steps, 1)
         self.source = source if source is not None else StandardNormal()
         self._save_hparams(net, objective, self.source)
         self.net = net

@@ -98,7 +98,7 @@ class Run:
             from mmf_lightning.wandb_files import read_run
 
             rows = [{**r, "step": r.get("trainer/global_step", r.get("_step"))} for r in read_run(wandb_folder).history]
-        elif any(self.folder.glob("events.out.tfevents.*")):  # TensorBoardLogger (needs tensorboard installed)
+        elif has_tensorboard_events(self.folder):  # TensorBoardLogger (needs tensorboard installed)
             from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
             events = EventAccumulator(str(self.folder), size_guidance={"scalars": 0})
@@ -127,6 +127,10 @@ def wandb_run_folder(folder: Path) -> Path | None:
     return link if link.is_dir() else None
 
 
+def has_tensorboard_events(folder: Path) -> bool:
+    return any(folder.glob("events.out.tfevents.*"))
+
+
 def find_runs(folder: str | Path) -> list[Run]:
     """The runs under ``folder`` (itself one, or any depth of subfolders: a sweep's output), each a
     folder with ``config.yaml``, in path order, with the facets that tell them apart."""
@@ -137,7 +141,7 @@ def find_runs(folder: str | Path) -> list[Run]:
         raise FileNotFoundError(f"runs folder {folder} does not exist")
     paths = sorted(p.parent for p in folder.rglob(CONFIG_FILE) if (p.parent / "checkpoints").is_dir() or
                    (p.parent / "metrics.csv").is_file() or wandb_run_folder(p.parent) is not None or
-                   any(p.parent.glob("events.out.tfevents.*")))  # fmt: skip
+                   has_tensorboard_events(p.parent))  # fmt: skip
     if not paths:
         raise FileNotFoundError(
             f"no runs under {folder}: a run is a folder with {CONFIG_FILE} and checkpoints/ or metrics "

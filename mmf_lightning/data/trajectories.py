@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 
+from mmf_lightning.config import check_count
 from mmf_lightning.data.base import DataModuleBase, DictDataset
 from mmf_lightning.sources import Source, UniformBox
 
@@ -108,8 +109,7 @@ class TrajectoryDataModule(DataModuleBase):
                 f"need horizon > 0, num_points >= 2, observation_noise >= 0, got {horizon}, {num_points}, "
                 f"{observation_noise}"
             )
-        if num_train < 1 or num_val < 0:
-            raise ValueError(f"need num_train >= 1 and num_val >= 0, got {num_train}, {num_val}")
+        num_train, num_val = check_count("num_train", num_train, 1), check_count("num_val", num_val)
         self.source = source if source is not None else UniformBox(-2.0, 2.0)
         self.horizon, self.num_points = horizon, num_points
         self.supervision, self.observation_noise = supervision, observation_noise
