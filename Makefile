@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: install demo test test-all lint format bench bench-quick clean
+.PHONY: install demo test test-all lint format bench bench-quick bench-quality clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +14,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# the peers the benchmarks compare against (the `bench` extra)
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[dev,bench]"
+	touch $(BENCH_STAMP)
 
 # Train the quickstart (2-D checkerboard, our recommended MMF); leaves a checkpoint and a
 # picture of its 1- and 2-step samples under runs/quickstart/.
@@ -34,13 +40,25 @@ format: $(STAMP)
 	$(PY) -m ruff format mmf_lightning tests benchmarks
 	$(PY) -m ruff check --fix mmf_lightning tests benchmarks
 
-# Step time and peak memory of each objective as ratios over flow matching, in one run
-# (the CIFAR-10 UNet: about 45 minutes on 2 cores; bench-quick: a smaller UNet, about 6 minutes).
-bench: $(STAMP)
-	$(PY) benchmarks/jvp_cost.py
+# Step time and peak memory of each objective and peer as ratios over flow matching, and sampling cost,
+# in one run per network (docs/benchmarks.md): the 2-D MLP (~3 minutes), then the CIFAR-10 UNet
+# (~60 minutes on 2 cores; bench-quick: a smaller UNet, ~10 minutes).
+bench: $(BENCH_STAMP)
+	cd benchmarks && ../$(PY) jvp_cost.py --net mlp
+	cd benchmarks && ../$(PY) jvp_cost.py
 
-bench-quick: $(STAMP)
-	$(PY) benchmarks/jvp_cost.py --channels 64 --num_res_blocks 2 --repeats 2
+bench-quick: $(BENCH_STAMP)
+	cd benchmarks && ../$(PY) jvp_cost.py --net mlp
+	cd benchmarks && ../$(PY) jvp_cost.py --channels 64 --num_res_blocks 2 --repeats 2
+
+# Sample quality at equal steps and at equal wall-clock time on 2-D data, 5 seeds (~2.5 hours on 2 cores);
+# results in benchmarks/results/ (an interrupted run continues where it stopped).
+bench-quality: $(BENCH_STAMP)
+	cd benchmarks && ../$(PY) toy_quality.py --datasets checkerboard moons
+	cd benchmarks && ../$(PY) toy_quality.py --datasets gaussian \
+		--methods fm meanflow_stopgrad meanflow_full mmf_lam1 mmf_curriculum recommended consistency peer_meanflow
+	cd benchmarks && ../$(PY) toy_quality.py --budget time --datasets checkerboard \
+		--methods fm meanflow_stopgrad recommended consistency peer_meanflow
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

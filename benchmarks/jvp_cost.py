@@ -1,16 +1,28 @@
-"""Cost of the modular MeanFlow step over a flow-matching step, on the same network and batch:
-the UNet of configs/presets/unet_cifar10.yaml (dropout off) and a 32 x 3 x 32 x 32 batch.
+"""Cost of each objective's training step over a flow-matching step, on the same network and batch,
+and the cost of sampling, in one run.
 
-Time: all variants in one process, interleaved, median of ``--repeats`` steps each.
-Peak memory: each variant in a fresh process; the peak resident set during one step minus the
-resident set before it, with glibc told to return freed large blocks to the OS
-(MALLOC_MMAP_THRESHOLD_), so the peak tracks live tensors. Ratios are the figures; absolute
-numbers on a shared CPU are noise.
+``--net unet``: the UNet of configs/presets/unet_cifar10.yaml (dropout off), a 32 x 3 x 32 x 32 batch.
+``--net mlp``: the quickstart's 2-D MLP (width 256, depth 4), a batch of 256.
 
-    python benchmarks/jvp_cost.py [--channels 128] [--batch 32] [--repeats 3]
+Rows:
+- fixed shares of rows with r < t (the targets of issue 9 are stated for these), with the conditional tangent;
+- every method of benchmarks/methods.py as a new user trains it: its own time sampler (the quickstart's for
+  ours), after the curriculum's warm-up (lambda = 1), and the peers' MeanFlow, RectifiedFlow and torchcfm
+  when the ``bench`` extra is installed;
+- sampling: a 1-step sample of the recommended objective and 2-, 4- and 100-step flow matching, over one
+  bare network forward on the same batch.
+
+Time: all rows in one process, interleaved, median of ``--repeats`` rounds (each round ``--inner`` steps).
+Peak memory: each row in a fresh process; the peak resident set during one step minus the resident set
+before it, with glibc told to return freed large blocks to the OS (MALLOC_MMAP_THRESHOLD_), so the peak
+tracks live tensors (meaningful for the UNet; the MLP's few MB are allocator noise). Ratios are the
+figures; absolute numbers on a shared CPU are noise.
+
+    python benchmarks/jvp_cost.py [--net unet|mlp] [--channels 128] [--batch 32] [--repeats 3]
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -20,14 +32,16 @@ import sys
 import time
 
 import torch
+from methods import METHODS
 from torch import nn
 
-from mmf_lightning.nets import UNet
+from mmf_lightning.nets import MLP, UNet
 from mmf_lightning.nets import jvp_layers as J
 from mmf_lightning.objectives import FlowMatching, ModularMeanFlow, linear_path
+from mmf_lightning.sampling import sample
 
 # name -> (description, lambda, fraction of rows with r < t)
-VARIANTS = {
+FIXED = {
     "fm": ("flow matching (reference)", None, 0.0),
     "lam0_all": ("lambda = 0, every row r < t", 0.0, 1.0),
     "lam1_all": ("lambda = 1, every row r < t", 1.0, 1.0),
@@ -35,23 +49,46 @@ VARIANTS = {
     "naive0_all": ("naive: one grad-enabled torch.func.jvp, torch.nn layers, lambda = 0", 0.0, 1.0),
     "naive1_all": ("naive: one grad-enabled torch.func.jvp, torch.nn layers, lambda = 1", 1.0, 1.0),
 }
-TARGETS = {"lam0_all": (2.0, 1.1), "lam1_all": (3.0, 3.0), "lam0_25": (1.35, None)}
+TARGETS = {"lam0_all": (2.0, 1.1), "lam1_all": (3.0, 3.0), "lam0_25": (1.35, None), "recommended": (2.0, None)}
+PEERS = {
+    "peer_meanflow": "rectified_flow_pytorch",
+    "peer_rectified_flow": "rectified_flow_pytorch",
+    "peer_torchcfm": "torchcfm",
+}
+SAMPLING = {"forward": "one network forward (reference)", "rec_1": "recommended, 1 step"} | {
+    f"fm_{k}": f"flow matching, {k} steps" for k in (2, 4, 100)
+}
+
+
+def variants(args) -> dict[str, str]:
+    """Every training-step row: name -> description."""
+    fixed = {k: d for k, (d, _, _) in FIXED.items() if args.net == "unet" or not k.startswith("naive")}
+    methods = {
+        f"method:{k}": label
+        for k, (label, _) in METHODS.items()
+        if k not in PEERS or importlib.util.find_spec(PEERS[k]) is not None
+    }
+    return fixed | methods
 
 
 def build(args):
     torch.manual_seed(0)
-    net = UNet(
-        in_channels=3,
-        image_size=32,
-        channels=args.channels,
-        channel_mult=(2, 2, 2),
-        num_res_blocks=args.num_res_blocks,
-        attention_resolutions=(16,),
-        dropout=0.0,
-    )
+    if args.net == "mlp":
+        net, shape = MLP(dim=2, width=256, depth=4), (2,)
+    else:
+        net = UNet(
+            in_channels=3,
+            image_size=32,
+            channels=args.channels,
+            channel_mult=(2, 2, 2),
+            num_res_blocks=args.num_res_blocks,
+            attention_resolutions=(16,),
+            dropout=0.0,
+        )
+        shape = (3, 32, 32)
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(args.batch, 3, 32, 32, generator=g)
-    e = torch.randn(args.batch, 3, 32, 32, generator=g)
+    x = torch.randn(args.batch, *shape, generator=g)
+    e = torch.randn(args.batch, *shape, generator=g)
     t = 0.5 + 0.5 * torch.rand(args.batch, generator=g)
     r = 0.5 * torch.rand(args.batch, generator=g)
     return net, x, e, r, t
@@ -83,7 +120,10 @@ def with_torch_layers(net: nn.Module) -> nn.Module:
 
 def make_step(variant, net, x, e, r, t):
     """(the network the step trains, a function returning the step's loss)."""
-    _, lam, frac = VARIANTS[variant]
+    if variant.startswith("method:"):
+        method = METHODS[variant.split(":", 1)[1]][1](net, 3000)
+        return net, lambda: method.loss(x, 2000)  # past the curriculum's warm-up (step 1000)
+    _, lam, frac = FIXED[variant]
     n_mean = round(frac * len(x))
     r = torch.cat([r[:n_mean], t[n_mean:]])  # exactly the first n_mean rows have r < t
     if variant == "fm":
@@ -104,24 +144,45 @@ def make_step(variant, net, x, e, r, t):
     return net, lambda: objective(net, x, e=e, r=r, t=t, lam=lam).loss
 
 
-def run_step(net, loss_fn):
-    net.zero_grad(set_to_none=True)
+def run_step(net, loss_fn, opt):
+    """One training step: zero the gradients, the loss, backward, Adam."""
+    opt.zero_grad(set_to_none=True)
     loss_fn().backward()
+    opt.step()
 
 
-def measure_time(args):
-    net, x, e, r, t = build(args)
-    # the naive variants swap layers in place, so they get their own copy of the network
-    steps = {v: make_step(v, build(args)[0] if v.startswith("naive") else net, x, e, r, t) for v in VARIANTS}
-    times = {v: [] for v in VARIANTS}
-    for step in steps.values():  # warm-up
-        run_step(*step)
-    for _ in range(args.repeats):
-        for v, step in steps.items():
+def _interleaved(fns: dict, repeats: int, inner: int) -> dict[str, float]:
+    """Median over ``repeats`` rounds of the mean time of ``inner`` calls, the functions interleaved."""
+    for fn in fns.values():  # warm-up
+        fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
             t0 = time.perf_counter()
-            run_step(*step)
-            times[v].append(time.perf_counter() - t0)
-    return {v: statistics.median(ts) for v, ts in times.items()}
+            for _ in range(inner):
+                fn()
+            times[k].append((time.perf_counter() - t0) / inner)
+    return {k: statistics.median(ts) for k, ts in times.items()}
+
+
+def measure_time(args, names):
+    steps = {}
+    for v in names:  # each row trains its own copy, so Adam's state and the weights stay apart
+        net, loss_fn = make_step(v, *build(args))
+        opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+        steps[v] = lambda net=net, loss_fn=loss_fn, opt=opt: run_step(net, loss_fn, opt)
+    return _interleaved(steps, args.repeats, args.inner)
+
+
+@torch.no_grad()
+def measure_sampling(args):
+    net, _, e, _, _ = build(args)
+    net.eval()
+    ones, zeros = torch.ones(len(e)), torch.zeros(len(e))
+    fns = {"forward": lambda: net(e, zeros, ones), "rec_1": lambda: sample(net, ModularMeanFlow(), e, 1)}
+    for k in (2, 4, 100):
+        fns[f"fm_{k}"] = lambda k=k: sample(net, FlowMatching(), e, k)
+    return _interleaved(fns, args.repeats, max(1, args.inner // 4))
 
 
 def _rss_mb() -> float:
@@ -130,29 +191,20 @@ def _rss_mb() -> float:
 
 
 def measure_memory_child(args):
-    step = make_step(args.child, *build(args))
+    net, loss_fn = make_step(args.child, *build(args))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     base = _rss_mb()
-    run_step(*step)
+    run_step(net, loss_fn, opt)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"peak_mb": peak - base}))
 
 
-def measure_memory(args):
+def measure_memory(args, names):
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     out = {}
-    for v in VARIANTS:
-        cmd = [
-            sys.executable,
-            __file__,
-            "--child",
-            v,
-            "--channels",
-            str(args.channels),
-            "--batch",
-            str(args.batch),
-            "--num_res_blocks",
-            str(args.num_res_blocks),
-        ]
+    for v in names:
+        cmd = [sys.executable, __file__, "--child", v, "--net", args.net, "--batch", str(args.batch)]
+        cmd += ["--channels", str(args.channels), "--num_res_blocks", str(args.num_res_blocks)]
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
         out[v] = json.loads(res.stdout.strip().splitlines()[-1])["peak_mb"]
     return out
@@ -160,33 +212,53 @@ def measure_memory(args):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--net", choices=("unet", "mlp"), default="unet")
     p.add_argument("--channels", type=int, default=128)
     p.add_argument("--num_res_blocks", type=int, default=4)
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batch", type=int, default=None, help="default: 32 (UNet), 256 (MLP)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--child", choices=list(VARIANTS), help=argparse.SUPPRESS)
+    p.add_argument("--inner", type=int, default=None, help="steps per round; default: 1 (UNet), 20 (MLP)")
+    p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
+    args.batch = args.batch or (32 if args.net == "unet" else 256)
+    args.inner = args.inner or (1 if args.net == "unet" else 20)
     torch.set_num_threads(os.cpu_count() or 1)
     if args.child:
         measure_memory_child(args)
         return
-    print(
-        f"UNet channels={args.channels} mult=(2,2,2) blocks={args.num_res_blocks}, batch {args.batch}x3x32x32, "
-        f"{torch.get_num_threads()} threads; median of {args.repeats} steps",
-        flush=True,
+    rows = variants(args)
+    what = (
+        f"UNet channels={args.channels} mult=(2,2,2) blocks={args.num_res_blocks}, batch {args.batch}x3x32x32"
+        if args.net == "unet"
+        else f"2-D MLP width 256 depth 4, batch {args.batch}"
     )
-    mem = measure_memory(args)
-    times = measure_time(args)
-    print(f"\n{'variant':<70} {'time':>7} {'memory':>7}  target (time, memory)")
-    for v, (desc, _, _) in VARIANTS.items():
-        tr, mr = times[v] / times["fm"], mem[v] / mem["fm"]
-        target = TARGETS.get(v)
+    print(
+        f"{what}, {torch.get_num_threads()} threads; median of {args.repeats} rounds of {args.inner} steps", flush=True
+    )
+    missing = sorted(k for k in PEERS if f"method:{k}" not in rows)
+    if missing:
+        print(f"(peer rows {', '.join(missing)} skipped: pip install -e '.[bench]' adds them)")
+    mem = measure_memory(args, rows)
+    times = measure_time(args, rows)
+    print(f"\n{'training step, over flow matching':<70} {'time':>7} {'memory':>7}  target (time, memory)")
+    for v, desc in rows.items():
+        tr, mr = times[v] / times["fm"], mem[v] / max(mem["fm"], 1e-9)
+        target = TARGETS.get(v.split(":", 1)[-1])
         note = ""
         if target:
             ok = tr <= target[0] and (target[1] is None or mr <= target[1])
             note = f"  <= {target[0]}x, {'-' if target[1] is None else f'<= {target[1]}x'}  {'ok' if ok else 'MISSED'}"
         print(f"{desc:<70} {tr:6.2f}x {mr:6.2f}x{note}")
-    print(f"\nflow matching step: {times['fm']:.2f} s, peak {mem['fm']:.0f} MB (absolute figures are machine noise)")
+    print(
+        f"\nflow matching step: {times['fm'] * 1e3:.1f} ms, peak {mem['fm']:.0f} MB (absolute figures: machine noise)"
+    )
+    sampling = measure_sampling(args)
+    print(f"\n{'sampling a batch, over one network forward':<70} {'time':>7}")
+    for k, desc in SAMPLING.items():
+        note = (
+            "  <= 1.05x  " + ("ok" if sampling[k] <= 1.05 * sampling["forward"] else "MISSED") if k == "rec_1" else ""
+        )
+        print(f"{desc:<70} {sampling[k] / sampling['forward']:6.2f}x{note}")
 
 
 if __name__ == "__main__":

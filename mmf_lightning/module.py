@@ -196,8 +196,11 @@ class MeanFlowModule(L.LightningModule):
             self.net.train(was_training)
 
     def sample(self, num_samples: int, steps: int = 1, y=None, generator=None) -> torch.Tensor:
-        """``num_samples`` samples from ``steps`` jumps: (N, *data_shape). One step: x = e - u(e, 0, 1)."""
-        return self.sample_trajectory(num_samples, steps, y, generator)[-1]
+        """``num_samples`` samples from ``steps`` jumps: (N, *data_shape). One step: x = e - u(e, 0, 1).
+        The last state of ``sample_trajectory`` (the same draws), without keeping the others."""
+        e, y = self.draw_starts(num_samples, y, generator)
+        with self._net_in_eval_mode():
+            return sampling.sample(self.net, self.objective, e, steps, y, generator)
 
     def _sample_labels(self, n, y, generator):
         num_classes = getattr(self.net, "num_classes", None)

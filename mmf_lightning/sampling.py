@@ -20,6 +20,18 @@ def time_grid(steps: int, t_max: float = 1.0, device=None) -> torch.Tensor:
     return torch.linspace(t_max, 0.0, steps + 1, device=device)
 
 
+def _states(net, objective, e, steps, y, generator):
+    """Yields the chain's states: ``objective.start(e)`` at t_max, then each jump down ``time_grid``."""
+    grid = time_grid(steps, objective.t_max, e.device)
+    n = e.shape[0]
+    z = objective.start(e)
+    yield z
+    for k in range(steps):
+        t, r = (torch.full((n,), float(s), device=e.device) for s in grid[k : k + 2])
+        z = objective.jump(net, z, r, t, y, generator=generator)
+        yield z
+
+
 @torch.no_grad()
 def trajectory(
     net: nn.Module,
@@ -35,15 +47,22 @@ def trajectory(
     whose one step is x = e - u(e, 0, 1)); each next one is ``objective.jump`` to the next time
     of ``time_grid``. The last state is the sample. ``y``: labels (N,) for a class-conditional net.
     """
-    grid = time_grid(steps, objective.t_max, e.device)
-    n = e.shape[0]
-    z = objective.start(e)
-    states = [z]
-    for k in range(steps):
-        t, r = (torch.full((n,), float(s), device=e.device) for s in grid[k : k + 2])
-        z = objective.jump(net, z, r, t, y, generator=generator)
-        states.append(z)
-    return torch.stack(states)
+    return torch.stack(list(_states(net, objective, e, steps, y, generator)))
+
+
+@torch.no_grad()
+def sample(
+    net: nn.Module,
+    objective: Objective,
+    e: torch.Tensor,
+    steps: int = 1,
+    y: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The last state of ``trajectory`` (N, *D), without keeping the others: one step costs one forward."""
+    for state in _states(net, objective, e, steps, y, generator):
+        last = state  # each earlier state is freed as soon as the next exists
+    return last
 
 
 @torch.no_grad()

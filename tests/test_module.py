@@ -100,6 +100,8 @@ def test_sample_and_trajectory():
         for t, r in ((1.0, 2 / 3), (2 / 3, 1 / 3), (1 / 3, 0.0)):
             z = z - (t - r) * module.average_velocity(z, r, t)
     torch.testing.assert_close(traj[-1], z)
+    # sample keeps no intermediate states but draws and computes the same
+    torch.testing.assert_close(module.sample(5, steps=3, generator=torch.Generator().manual_seed(0)), z)
 
 
 def test_average_velocity_rejects_r_after_t():

@@ -5,6 +5,8 @@ import math
 import torch
 from torch import nn
 
+from mmf_lightning.nets.jvp_layers import linear_jvp, silu_jvp
+
 
 class SinusoidalEmbedding(nn.Module):
     """Transformer-style sinusoidal features of a scalar per sample: cos and sin of
@@ -28,6 +30,13 @@ class SinusoidalEmbedding(nn.Module):
         args = s.to(self.freqs.dtype)[:, None] * self.freqs[None, :]
         return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
+    def jvp(self, s: torch.Tensor, ds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(forward(s), its derivative along ds), both (B, dim)."""
+        args = s.to(self.freqs.dtype)[:, None] * self.freqs[None, :]
+        dargs = ds.to(self.freqs.dtype)[:, None] * self.freqs[None, :]
+        cos, sin = torch.cos(args), torch.sin(args)
+        return torch.cat([cos, sin], dim=-1), torch.cat([-sin * dargs, cos * dargs], dim=-1)
+
 
 class TimePairEmbedding(nn.Module):
     """Embeds (r, t) as features of t and of the interval length t - r, then an MLP.
@@ -45,6 +54,14 @@ class TimePairEmbedding(nn.Module):
 
     def forward(self, r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.mlp(torch.cat([self.t_embed(t), self.dt_embed(t - r)], dim=-1))
+
+    def jvp(self, r, t, dr, dt) -> tuple[torch.Tensor, torch.Tensor]:
+        """(forward(r, t), its derivative along (dr, dt)), both (B, out_dim), in plain ops."""
+        a, da = self.t_embed.jvp(t, dt)
+        b, db = self.dt_embed.jvp(t - r, dt - dr)
+        h, dh = linear_jvp(self.mlp[0], torch.cat([a, b], dim=-1), torch.cat([da, db], dim=-1))
+        h, dh = silu_jvp(h, dh)
+        return linear_jvp(self.mlp[2], h, dh)
 
 
 class ClassEmbedding(nn.Module):

@@ -128,12 +128,21 @@ def test_jvp_in_autocast_disabled_region_is_plain_float32(make, dtype):
 
 # -- the loss: dtype x lambda x net x tangent -----------------------------------------------------
 def _record_precisions(net, monkeypatch):
-    """Records (autocast on?, output dtype) of every conv / linear call, and the dtypes of (u, du/dt)
-    that the objective's JVP returns."""
+    """Records (autocast on?, output dtype) of every conv / linear call (and of the MLP's explicit JVP,
+    which calls no module), and the dtypes of (u, du/dt) that the objective's JVP returns."""
     layers, jvps = [], []
     for m in net.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             m.register_forward_hook(lambda _m, _i, out: layers.append((torch.is_autocast_enabled("cpu"), out.dtype)))
+    if hasattr(net, "jvp"):
+        explicit = net.jvp
+
+        def recorded(*args, **kwargs):
+            u, du = explicit(*args, **kwargs)
+            layers.append((torch.is_autocast_enabled("cpu"), du.dtype))
+            return u, du
+
+        monkeypatch.setattr(net, "jvp", recorded)
     real = meanflow.u_and_dudt
 
     def spy(*args, **kwargs):

@@ -52,6 +52,10 @@ def test_jvp_runs_in_float32_under_autocast():
             seen.append((z.dtype, torch.is_autocast_enabled("cpu")))
             return super().forward(z, r, t, y)
 
+        def jvp(self, z, *args, **kwargs):  # the MLP's explicit JVP, which u_and_dudt takes
+            seen.append((z.dtype, torch.is_autocast_enabled("cpu")))
+            return super().jvp(z, *args, **kwargs)
+
     net = Spy(dim=2, width=16, depth=1)
     z, v = torch.randn(4, 2), torch.randn(4, 2)
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -1,0 +1,145 @@
+"""The methods the benchmarks compare, ours and the peers', behind one interface.
+
+A ``Method`` trains one average-velocity network ``net(z, r, t) -> (B, D)`` (the project's MLP or
+UNet, the same for every method) and samples from it:
+
+- ``loss(x, step) -> scalar``: the training loss on a data batch x (B, D) at optimizer step ``step``;
+- ``objective.on_optimizer_step(net, step)``: called after each optimizer step (moves consistency
+  training's target network; a no-op for the others);
+- ``sample(net, e, steps) -> (N, D)``: K-step samples from source samples e, with ``net`` (the EMA
+  copy at evaluation).
+
+Peers (``pip install -e ".[bench]"``) are imported only here, and only when a peer row runs:
+- ``rectified-flow-pytorch``'s ``MeanFlow`` calls ``model(z, t, t - r)`` with tangent (v, 1, 1);
+  our net takes (z, r, t), so the wrapper feeds r = t - (t - r); the tangent of r is then 0.
+- ``rectified-flow-pytorch``'s ``RectifiedFlow`` and ``torchcfm`` run time from noise (0) to data
+  (1) and learn data - noise: the wrapper returns ``-net(z, 1 - s, 1 - s)``.
+Each peer keeps its own defaults (what a new user gets): the time sampler, the adaptive weight, the
+fraction of flow-matching batches. Every sample, ours and the peers', is drawn with our sampler
+(``mmf_lightning.sampling``): average-velocity jumps for the MeanFlow-style methods, Euler on
+u(z, t, t) for flow matching, so a K-step number means the same thing in every row.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mmf_lightning import sampling
+from mmf_lightning.objectives import (
+    ConsistencyTraining,
+    Constant,
+    FlowMatching,
+    LinearWarmup,
+    ModularMeanFlow,
+    Objective,
+    TimeSampler,
+)
+
+
+@dataclass
+class Method:
+    loss: Callable[[torch.Tensor, int], torch.Tensor]
+    objective: Objective  # whose jump the sampler applies
+
+    def sample(self, net: nn.Module, e: torch.Tensor, steps: int) -> torch.Tensor:
+        return sampling.sample(net, self.objective, e, steps)
+
+
+def ours(objective: Objective, schedule=None) -> Callable[[nn.Module, int], Method]:
+    """One of our objectives, lambda driven by ``schedule(step)`` as the LambdaScheduler callback does."""
+
+    def make(net: nn.Module, total_steps: int) -> Method:
+        lam = schedule or Constant(0.0)
+        return Method(lambda x, step: objective(net, x, step=step, lam=lam(step)).loss, objective)
+
+    return make
+
+
+def consistency(net: nn.Module, total_steps: int) -> Method:
+    """Consistency training (EDM's grid, its N(k) schedule ending at the run's last step)."""
+    objective = ConsistencyTraining(total_steps=total_steps)
+    return Method(lambda x, step: objective(net, x, step=step).loss, objective)
+
+
+# -- peers -------------------------------------------------------------------------------------
+class _AsPeerMeanFlow(nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, z, t, t_minus_r):
+        return self.net(z, t - t_minus_r, t)
+
+
+class _AsNoiseToData(nn.Module):
+    """Velocity from noise (time 0) to data (time 1), as torchcfm and RectifiedFlow train it."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, z, times):
+        s = 1 - times.reshape(-1)
+        return -self.net(z, s, s)
+
+
+def peer_meanflow(net: nn.Module, total_steps: int) -> Method:
+    from rectified_flow_pytorch import MeanFlow
+
+    peer = MeanFlow(_AsPeerMeanFlow(net), data_shape=tuple(net.data_shape))
+    return Method(lambda x, step: peer(x), ModularMeanFlow())
+
+
+def peer_rectified_flow(net: nn.Module, total_steps: int) -> Method:
+    from rectified_flow_pytorch import RectifiedFlow
+
+    peer = RectifiedFlow(_AsNoiseToData(net), data_normalize_fn=None, data_unnormalize_fn=None)
+    return Method(lambda x, step: peer(x), FlowMatching())
+
+
+def peer_torchcfm(net: nn.Module, total_steps: int) -> Method:
+    from torchcfm.conditional_flow_matching import ConditionalFlowMatcher
+
+    cfm, model = ConditionalFlowMatcher(sigma=0.0), _AsNoiseToData(net)
+
+    def loss(x, step):
+        s, zs, target = cfm.sample_location_and_conditional_flow(torch.randn_like(x), x)
+        return (model(zs, s) - target).square().mean()
+
+    return Method(loss, FlowMatching())
+
+
+# The quickstart's time sampler (configs/quickstart.yaml): what a new user trains with.
+QUICKSTART_TIMES = TimeSampler("uniform", equal_fraction=0.25)
+WARMUP = 1000
+
+# name -> (row label, factory(net, total_steps) -> Method)
+METHODS: dict[str, tuple[str, Callable[[nn.Module, int], Method]]] = {
+    "fm": ("flow matching", ours(FlowMatching(TimeSampler("uniform")))),
+    "meanflow_stopgrad": (
+        "MeanFlow stop-grad = MMF lambda = 0",
+        ours(ModularMeanFlow("conditional", QUICKSTART_TIMES), Constant(0.0)),
+    ),
+    "meanflow_full": ("MeanFlow (full), eq. 9", ours(ModularMeanFlow("model", QUICKSTART_TIMES), Constant(1.0))),
+    "mmf_lam05": ("MMF lambda = 0.5", ours(ModularMeanFlow("conditional", QUICKSTART_TIMES), Constant(0.5))),
+    "mmf_lam1": ("MMF lambda = 1", ours(ModularMeanFlow("conditional", QUICKSTART_TIMES), Constant(1.0))),
+    "mmf_curriculum": (
+        "MMF curriculum (paper)",
+        ours(ModularMeanFlow("conditional", QUICKSTART_TIMES), LinearWarmup(WARMUP)),
+    ),
+    "mmf_lam1_inst": (
+        "MMF lambda = 1, instantaneous tangent",
+        ours(ModularMeanFlow("instantaneous", QUICKSTART_TIMES), Constant(1.0)),
+    ),
+    "recommended": (
+        "MMF curriculum, instantaneous tangent (recommended)",
+        ours(ModularMeanFlow("instantaneous", QUICKSTART_TIMES), LinearWarmup(WARMUP)),
+    ),
+    "consistency": ("consistency training", consistency),
+    "peer_meanflow": ("peer: rectified-flow-pytorch MeanFlow", peer_meanflow),
+    "peer_rectified_flow": ("peer: rectified-flow-pytorch RectifiedFlow", peer_rectified_flow),
+    "peer_torchcfm": ("peer: torchcfm ConditionalFlowMatcher", peer_torchcfm),
+}
+FLOW_MATCHING = ("fm", "peer_rectified_flow", "peer_torchcfm")
