@@ -26,13 +26,11 @@ import importlib.util
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
-import time
 
 import torch
-from methods import METHODS
+from methods import METHODS, interleaved_medians
 from torch import nn
 
 from mmf_lightning.nets import MLP, UNet
@@ -151,27 +149,13 @@ def run_step(net, loss_fn, opt):
     opt.step()
 
 
-def _interleaved(fns: dict, repeats: int, inner: int) -> dict[str, float]:
-    """Median over ``repeats`` rounds of the mean time of ``inner`` calls, the functions interleaved."""
-    for fn in fns.values():  # warm-up
-        fn()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            for _ in range(inner):
-                fn()
-            times[k].append((time.perf_counter() - t0) / inner)
-    return {k: statistics.median(ts) for k, ts in times.items()}
-
-
 def measure_time(args, names):
     steps = {}
     for v in names:  # each row trains its own copy, so Adam's state and the weights stay apart
         net, loss_fn = make_step(v, *build(args))
         opt = torch.optim.Adam(net.parameters(), lr=1e-4)
         steps[v] = lambda net=net, loss_fn=loss_fn, opt=opt: run_step(net, loss_fn, opt)
-    return _interleaved(steps, args.repeats, args.inner)
+    return interleaved_medians(steps, args.repeats, args.inner)
 
 
 @torch.no_grad()
@@ -182,7 +166,7 @@ def measure_sampling(args):
     fns = {"forward": lambda: net(e, zeros, ones), "rec_1": lambda: sample(net, ModularMeanFlow(), e, 1)}
     for k in (2, 4, 100):
         fns[f"fm_{k}"] = lambda k=k: sample(net, FlowMatching(), e, k)
-    return _interleaved(fns, args.repeats, max(1, args.inner // 4))
+    return interleaved_medians(fns, args.repeats, max(1, args.inner // 4))
 
 
 def _rss_mb() -> float:

@@ -20,6 +20,8 @@ fraction of flow-matching batches. Every sample, ours and the peers', is drawn w
 u(z, t, t) for flow matching, so a K-step number means the same thing in every row.
 """
 
+import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -143,3 +145,37 @@ METHODS: dict[str, tuple[str, Callable[[nn.Module, int], Method]]] = {
     "peer_torchcfm": ("peer: torchcfm ConditionalFlowMatcher", peer_torchcfm),
 }
 FLOW_MATCHING = ("fm", "peer_rectified_flow", "peer_torchcfm")
+
+# Variants of the recommended objective that take one setting from the peer MeanFlow's defaults
+# (what could hold its 1-step samples back): quality runs only.
+ABLATIONS: dict[str, tuple[str, Callable[[nn.Module, int], Method]]] = {
+    "recommended_weighted": (
+        "recommended + adaptive weight p = 0.5 (peer's)",
+        ours(ModularMeanFlow("instantaneous", QUICKSTART_TIMES, weighting_power=0.5), LinearWarmup(WARMUP)),
+    ),
+    "recommended_logit_normal": (
+        "recommended + logit-normal(-0.4, 1) times (peer's)",
+        ours(
+            ModularMeanFlow("instantaneous", TimeSampler("logit_normal", -0.4, 1.0, equal_fraction=0.25)),
+            LinearWarmup(WARMUP),
+        ),
+    ),
+    "recommended_half_fm": (
+        "recommended, 50% of rows r = t (peer's share)",
+        ours(ModularMeanFlow("instantaneous", TimeSampler("uniform", equal_fraction=0.5)), LinearWarmup(WARMUP)),
+    ),
+}
+
+
+def interleaved_medians(fns: dict, repeats: int, inner: int) -> dict[str, float]:
+    """Median over ``repeats`` rounds of the mean time of ``inner`` calls, the functions interleaved."""
+    for fn in fns.values():  # warm-up
+        fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            times[k].append((time.perf_counter() - t0) / inner)
+    return {k: statistics.median(ts) for k, ts in times.items()}

@@ -28,13 +28,15 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
-from methods import FLOW_MATCHING, METHODS
+from methods import ABLATIONS, FLOW_MATCHING, interleaved_medians
+from methods import METHODS as OURS_AND_PEERS
 
 from mmf_lightning.distributions import sample_distribution
 from mmf_lightning.metrics.distances import energy_distance, sliced_wasserstein
 from mmf_lightning.nets import MLP
 from mmf_lightning.nets.gaussian import GaussianAverageVelocity
 
+METHODS = OURS_AND_PEERS | ABLATIONS
 GAUSSIAN = {"mean": (1.0, -0.5), "std": (0.5, 1.5)}
 EMA_DECAY, LR, BATCH, EVAL_N = 0.995, 1e-3, 256, 5000
 
@@ -99,26 +101,23 @@ def run(job):
 
 
 def step_times(method_names, dataset, repeats=5, n=40) -> dict[str, float]:
-    """Median time of ``n`` training steps per method, interleaved in this process."""
+    """Median time of a training step per method (rounds of ``n`` steps, the methods interleaved)."""
     torch.set_num_threads(1)
-    trainers = {}
+    g = torch.Generator().manual_seed(0)
+    fns = {}
     for name in method_names:
         torch.manual_seed(0)
         net = MLP(dim=2, width=256, depth=4)
-        trainers[name] = (net, METHODS[name][1](net, 3000), torch.optim.Adam(net.parameters(), lr=LR))
-    g = torch.Generator().manual_seed(0)
-    times = {name: [] for name in method_names}
-    for rep in range(repeats + 1):
-        for name, (_net, method, opt) in trainers.items():
-            t0 = time.perf_counter()
-            for step in range(n):
-                loss = method.loss(draw(dataset, BATCH, g), 2000 + step)  # past the curriculum's warm-up
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            if rep:  # the first round warms up
-                times[name].append((time.perf_counter() - t0) / n)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+        method, opt = METHODS[name][1](net, 3000), torch.optim.Adam(net.parameters(), lr=LR)
+
+        def step(method=method, opt=opt):
+            loss = method.loss(draw(dataset, BATCH, g), 2000)  # past the curriculum's warm-up
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        fns[name] = step
+    return interleaved_medians(fns, repeats, n)
 
 
 def summarise(results, methods, datasets) -> str:
