@@ -277,7 +277,7 @@ class SiLU(nn.SiLU):
 
 # -- explicit JVPs in plain ops, for networks that propagate (value, tangent) pairs themselves ----------
 # torch.func.jvp's per-operation overhead is several times a small matmul's cost, so on a small MLP the
-# JVP costs ~5 forwards. A network that carries (h, dh) through these plain, differentiable ops pays two
+# JVP costs several forwards. A network that carries (h, dh) through these plain, differentiable ops pays two
 # matmuls per linear layer, and autograd backpropagates through both (lambda > 0). Same values and
 # gradients as torch.func.jvp (tests/nets/test_explicit_jvp.py).
 def linear_jvp(layer: nn.Linear, h: torch.Tensor, dh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
