@@ -132,11 +132,10 @@ def with_torch_layers(net: nn.Module) -> nn.Module:
 
 def make_step(variant, net, x, e, r, t):
     """(the network the step trains, a function returning the step's loss)."""
-    if variant.startswith("func_jvp:"):
-        method = METHODS[variant.split(":", 1)[1]][1](_WithoutExplicitJVP(net), 3000)
-        return net, lambda: method.loss(x, 2000)
-    if variant.startswith("method:"):
-        method = (METHODS | ABLATIONS)[variant.split(":", 1)[1]][1](net, 3000)
+    if variant.startswith(("method:", "func_jvp:")):
+        kind, name = variant.split(":", 1)
+        trained = _WithoutExplicitJVP(net) if kind == "func_jvp" else net
+        method = (METHODS | ABLATIONS)[name][1](trained, 3000)
         return net, lambda: method.loss(x, 2000)  # past the curriculum's warm-up (step 1000)
     _, lam, frac = FIXED[variant]
     n_mean = round(frac * len(x))
