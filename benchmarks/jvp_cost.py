@@ -30,12 +30,12 @@ import subprocess
 import sys
 
 import torch
-from methods import ABLATIONS, METHODS, interleaved_medians
+from methods import ABLATIONS, METHODS, PEERS, interleaved_medians
 from torch import nn
 
 from mmf_lightning.nets import MLP, UNet
 from mmf_lightning.nets import jvp_layers as J
-from mmf_lightning.objectives import FlowMatching, ModularMeanFlow, linear_path
+from mmf_lightning.objectives import FlowMatching, ModularMeanFlow, TimeSampler, linear_path
 from mmf_lightning.sampling import sample
 
 # name -> (description, lambda, fraction of rows with r < t)
@@ -48,11 +48,6 @@ FIXED = {
     "naive1_all": ("naive: one grad-enabled torch.func.jvp, torch.nn layers, lambda = 1", 1.0, 1.0),
 }
 TARGETS = {"lam0_all": (2.0, 1.1), "lam1_all": (3.0, 3.0), "lam0_25": (1.35, None), "recommended": (2.0, None)}
-PEERS = {
-    "peer_meanflow": "rectified_flow_pytorch",
-    "peer_rectified_flow": "rectified_flow_pytorch",
-    "peer_torchcfm": "torchcfm",
-}
 SAMPLING = {"forward": "one network forward (reference)", "rec_1": "recommended, 1 step"} | {
     f"fm_{k}": f"flow matching, {k} steps" for k in (2, 4, 100)
 }
@@ -136,10 +131,10 @@ def make_step(variant, net, x, e, r, t):
         kind, name = variant.split(":", 1)
         trained = _WithoutExplicitJVP(net) if kind == "func_jvp" else net
         method = (METHODS | ABLATIONS)[name][1](trained, 3000)
-        return net, lambda: method.loss(x, 2000)  # past the curriculum's warm-up (step 1000)
+        return net, lambda: method.loss({"x": x}, 2000)  # past the curriculum's warm-up (step 1000)
     _, lam, frac = FIXED[variant]
     n_mean = round(frac * len(x))
-    r = torch.cat([r[:n_mean], t[n_mean:]])  # exactly the first n_mean rows have r < t
+    r = torch.cat([t[: len(x) - n_mean], r[len(x) - n_mean :]])  # exactly the last n_mean rows have r < t
     if variant == "fm":
         objective = FlowMatching()
         return net, lambda: objective(net, x, e=e).loss
@@ -154,8 +149,19 @@ def make_step(variant, net, x, e, r, t):
             return (u + tr * dudt - v).square().flatten(1).sum(1).mean()
 
         return net, naive
-    objective = ModularMeanFlow(tangent="conditional")
-    return net, lambda: objective(net, x, e=e, r=r, t=t, lam=lam).loss
+    # the times the sampler would draw, laid out as it lays them out (r = t rows first: a split by slicing)
+    objective = ModularMeanFlow(tangent="conditional", time_sampler=_Fixed(r, t, len(x) - n_mean))
+    return net, lambda: objective(net, x, e=e, lam=lam).loss
+
+
+class _Fixed(TimeSampler):
+    """Always draws the same (r, t), the first ``k`` rows with r = t."""
+
+    def __init__(self, r, t, k):
+        self.r, self.t, self.k = r, t, k
+
+    def draw(self, n, device="cpu"):
+        return self.r, self.t, self.k
 
 
 def run_step(net, loss_fn, opt):

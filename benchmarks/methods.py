@@ -3,7 +3,9 @@
 A ``Method`` trains one average-velocity network ``net(z, r, t) -> (B, D)`` (the project's MLP or
 UNet, the same for every method) and samples from it:
 
-- ``loss(x, step) -> scalar``: the training loss on a data batch x (B, D) at optimizer step ``step``;
+- ``loss(batch, step) -> scalar``: the training loss on a batch at optimizer step ``step``; the batch is a
+  dict with "x" (data, (B, *D)) and, on the trajectory tasks, "e" (the paired start) or "path" (the true
+  trajectory, a ``SampledPath``), which only our objectives read (a peer refuses them);
 - ``objective.on_optimizer_step(net, step)``: called after each optimizer step (moves consistency
   training's target network; a no-op for the others);
 - ``sample(net, e, steps) -> (N, D)``: K-step samples from source samples e, with ``net`` (the EMA
@@ -49,12 +51,17 @@ class Method:
         return sampling.sample(net, self.objective, e, steps)
 
 
-def ours(objective: Objective, schedule=None) -> Callable[[nn.Module, int], Method]:
-    """One of our objectives, lambda driven by ``schedule(step)`` as the LambdaScheduler callback does."""
+def ours(objective: Objective, lam: float | str = 0.0) -> Callable[[nn.Module, int], Method]:
+    """One of our objectives at a constant ``lam``, or with ``lam="curriculum"``: lambda rising linearly from
+    0 to 1 over the first third of the run (1000 of the quickstart's 3000 steps), as the LambdaScheduler does."""
 
     def make(net: nn.Module, total_steps: int) -> Method:
-        lam = schedule or Constant(0.0)
-        return Method(lambda x, step: objective(net, x, step=step, lam=lam(step)).loss, objective)
+        schedule = LinearWarmup(max(1, total_steps // 3)) if lam == "curriculum" else Constant(lam)
+
+        def loss(b, step):
+            return objective(net, b["x"], step=step, lam=schedule(step), e=b.get("e"), path=b.get("path")).loss
+
+        return Method(loss, objective)
 
     return make
 
@@ -62,7 +69,15 @@ def ours(objective: Objective, schedule=None) -> Callable[[nn.Module, int], Meth
 def consistency(net: nn.Module, total_steps: int) -> Method:
     """Consistency training (EDM's grid, its N(k) schedule ending at the run's last step)."""
     objective = ConsistencyTraining(total_steps=total_steps)
-    return Method(lambda x, step: objective(net, x, step=step).loss, objective)
+    return Method(lambda b, step: objective(net, b["x"], step=step, e=b.get("e"), path=b.get("path")).loss, objective)
+
+
+def _data_only(b: dict) -> torch.Tensor:
+    """The peers draw their own noise and straight paths: a batch with a paired start or a path is not theirs."""
+    extra = sorted(k for k in b if k != "x" and b[k] is not None)
+    if extra:
+        raise ValueError(f"the peers train on data alone; this batch also has {extra} (a trajectory task)")
+    return b["x"]
 
 
 # -- peers -------------------------------------------------------------------------------------
@@ -91,14 +106,14 @@ def peer_meanflow(net: nn.Module, total_steps: int) -> Method:
     from rectified_flow_pytorch import MeanFlow
 
     peer = MeanFlow(_AsPeerMeanFlow(net), data_shape=tuple(net.data_shape))
-    return Method(lambda x, step: peer(x), ModularMeanFlow())
+    return Method(lambda b, step: peer(_data_only(b)), ModularMeanFlow())
 
 
 def peer_rectified_flow(net: nn.Module, total_steps: int) -> Method:
     from rectified_flow_pytorch import RectifiedFlow
 
     peer = RectifiedFlow(_AsNoiseToData(net), data_normalize_fn=None, data_unnormalize_fn=None)
-    return Method(lambda x, step: peer(x), FlowMatching())
+    return Method(lambda b, step: peer(_data_only(b)), FlowMatching())
 
 
 def peer_torchcfm(net: nn.Module, total_steps: int) -> Method:
@@ -106,7 +121,8 @@ def peer_torchcfm(net: nn.Module, total_steps: int) -> Method:
 
     cfm, model = ConditionalFlowMatcher(sigma=0.0), _AsNoiseToData(net)
 
-    def loss(x, step):
+    def loss(b, step):
+        x = _data_only(b)
         s, zs, target = cfm.sample_location_and_conditional_flow(torch.randn_like(x), x)
         return (model(zs, s) - target).square().mean()
 
@@ -115,29 +131,28 @@ def peer_torchcfm(net: nn.Module, total_steps: int) -> Method:
 
 # The quickstart's time sampler (configs/quickstart.yaml): what a new user trains with.
 QUICKSTART_TIMES = TimeSampler("uniform", equal_fraction=0.25)
-WARMUP = 1000
 
 # name -> (row label, factory(net, total_steps) -> Method)
 METHODS: dict[str, tuple[str, Callable[[nn.Module, int], Method]]] = {
     "fm": ("flow matching", ours(FlowMatching(TimeSampler("uniform")))),
     "meanflow_stopgrad": (
         "MeanFlow stop-grad = MMF lambda = 0",
-        ours(ModularMeanFlow("conditional", QUICKSTART_TIMES), Constant(0.0)),
+        ours(ModularMeanFlow("conditional", QUICKSTART_TIMES), 0.0),
     ),
-    "meanflow_full": ("MeanFlow (full), eq. 9", ours(ModularMeanFlow("model", QUICKSTART_TIMES), Constant(1.0))),
-    "mmf_lam05": ("MMF lambda = 0.5", ours(ModularMeanFlow("conditional", QUICKSTART_TIMES), Constant(0.5))),
-    "mmf_lam1": ("MMF lambda = 1", ours(ModularMeanFlow("conditional", QUICKSTART_TIMES), Constant(1.0))),
+    "meanflow_full": ("MeanFlow (full), eq. 9", ours(ModularMeanFlow("model", QUICKSTART_TIMES), 1.0)),
+    "mmf_lam05": ("MMF lambda = 0.5", ours(ModularMeanFlow("conditional", QUICKSTART_TIMES), 0.5)),
+    "mmf_lam1": ("MMF lambda = 1", ours(ModularMeanFlow("conditional", QUICKSTART_TIMES), 1.0)),
     "mmf_curriculum": (
         "MMF curriculum (paper)",
-        ours(ModularMeanFlow("conditional", QUICKSTART_TIMES), LinearWarmup(WARMUP)),
+        ours(ModularMeanFlow("conditional", QUICKSTART_TIMES), "curriculum"),
     ),
     "mmf_lam1_inst": (
         "MMF lambda = 1, instantaneous tangent",
-        ours(ModularMeanFlow("instantaneous", QUICKSTART_TIMES), Constant(1.0)),
+        ours(ModularMeanFlow("instantaneous", QUICKSTART_TIMES), 1.0),
     ),
     "recommended": (
         "MMF curriculum, instantaneous tangent (recommended)",
-        ours(ModularMeanFlow("instantaneous", QUICKSTART_TIMES), LinearWarmup(WARMUP)),
+        ours(ModularMeanFlow("instantaneous", QUICKSTART_TIMES), "curriculum"),
     ),
     "consistency": ("consistency training", consistency),
     "peer_meanflow": ("peer: rectified-flow-pytorch MeanFlow", peer_meanflow),
@@ -145,24 +160,30 @@ METHODS: dict[str, tuple[str, Callable[[nn.Module, int], Method]]] = {
     "peer_torchcfm": ("peer: torchcfm ConditionalFlowMatcher", peer_torchcfm),
 }
 FLOW_MATCHING = ("fm", "peer_rectified_flow", "peer_torchcfm")
+# the peers' rows and the package each imports
+PEERS = {
+    "peer_meanflow": "rectified_flow_pytorch",
+    "peer_rectified_flow": "rectified_flow_pytorch",
+    "peer_torchcfm": "torchcfm",
+}
 
 # Variants of the recommended objective that take one setting from the peer MeanFlow's defaults
 # (what could hold its 1-step samples back): quality runs only.
 ABLATIONS: dict[str, tuple[str, Callable[[nn.Module, int], Method]]] = {
     "recommended_weighted": (
         "recommended + adaptive weight p = 0.5 (peer's)",
-        ours(ModularMeanFlow("instantaneous", QUICKSTART_TIMES, weighting_power=0.5), LinearWarmup(WARMUP)),
+        ours(ModularMeanFlow("instantaneous", QUICKSTART_TIMES, weighting_power=0.5), "curriculum"),
     ),
     "recommended_logit_normal": (
         "recommended + logit-normal(-0.4, 1) times (peer's)",
         ours(
             ModularMeanFlow("instantaneous", TimeSampler("logit_normal", -0.4, 1.0, equal_fraction=0.25)),
-            LinearWarmup(WARMUP),
+            "curriculum",
         ),
     ),
     "recommended_half_fm": (
         "recommended, 50% of rows r = t (peer's share)",
-        ours(ModularMeanFlow("instantaneous", TimeSampler("uniform", equal_fraction=0.5)), LinearWarmup(WARMUP)),
+        ours(ModularMeanFlow("instantaneous", TimeSampler("uniform", equal_fraction=0.5)), "curriculum"),
     ),
 }
 

@@ -1,7 +1,7 @@
-"""Per-seed 1- and 2-step quality of every method in a toy_quality results file, one panel per dataset
+"""Per-seed 1- and 2-step quality of every method in a quality results file, one panel per dataset
 and step count (each dot a seed, the bar the mean), for docs/benchmarks.md.
 
-    python benchmarks/plot_quality.py benchmarks/results/toy_quality_steps.jsonl docs/toy_quality_steps.png
+    python benchmarks/plot_quality.py benchmarks/results/quality_steps.jsonl docs/toy_quality_steps.png
 """
 
 import argparse
@@ -10,7 +10,7 @@ import statistics
 from pathlib import Path
 
 from matplotlib.figure import Figure
-from toy_quality import METHODS
+from quality import METHODS
 
 
 def main():

@@ -22,12 +22,12 @@ def time_grid(steps: int, t_max: float = 1.0, device=None) -> torch.Tensor:
 
 def _states(net, objective, e, steps, y, generator):
     """Yields the chain's states: ``objective.start(e)`` at t_max, then each jump down ``time_grid``."""
-    grid = time_grid(steps, objective.t_max, e.device)
+    grid = time_grid(steps, objective.t_max).tolist()  # Python floats: no device reads in the loop
     n = e.shape[0]
     z = objective.start(e)
     yield z
     for k in range(steps):
-        t, r = (torch.full((n,), float(s), device=e.device) for s in grid[k : k + 2])
+        t, r = (torch.full((n,), s, device=e.device) for s in grid[k : k + 2])
         z = objective.jump(net, z, r, t, y, generator=generator)
         yield z
 

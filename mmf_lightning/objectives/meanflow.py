@@ -132,13 +132,15 @@ class ModularMeanFlow(Objective):
         path = default_path(x, e, path)
         if (r is None) != (t is None):
             raise ValueError("pass both r and t, or neither")
-        if r is None:
-            r, t = self.time_sampler(x.shape[0], x.device)
-        check_times(r, t)
+        n_equal = None
+        if r is None:  # valid by construction: no check, which would sync with the host
+            r, t, n_equal = self.time_sampler.draw(x.shape[0], x.device)
+        else:
+            check_times(r, t)
         y_in, keep = self._labels(net, y)
         z, v = path(t)
         v = self._target_velocity(net, z, t, v, keep)
-        residual = self.residual(net, z, r, t, v, y_in, lam)
+        residual = self.residual(net, z, r, t, v, y_in, lam, n_equal)
         per_sample = residual.square().flatten(1).sum(1)
         weight = adaptive_weight(per_sample, self.weighting_power, self.weighting_eps)
         return ObjectiveOutput(
@@ -147,11 +149,20 @@ class ModularMeanFlow(Objective):
             stats={"frac_r_lt_t": (r < t).float().mean()},
         )
 
-    def residual(self, net, z, r, t, v, y=None, lam: float = 0.0) -> torch.Tensor:
+    def residual(self, net, z, r, t, v, y=None, lam: float = 0.0, n_equal: int | None = None) -> torch.Tensor:
         """``u + (t - r) SG_lam[du/dt] - v`` for every row, (B, *D).
 
-        Rows with r = t are flow matching (``u(z, t, t) - v``) and run no JVP.
+        Rows with r = t are flow matching (``u(z, t, t) - v``) and run no JVP. ``n_equal``: the first
+        n_equal rows have r = t and the others r < t (``TimeSampler.draw``'s layout); the batch is then
+        split by slicing, without a host-device sync. Without it, by a mask of r < t (one sync).
         """
+        if n_equal is not None:
+            k = n_equal
+            parts = [net(z[:k], t[:k], t[:k], _rows(y, slice(k))) - v[:k]] if k else []
+            if k < z.shape[0]:
+                tail = slice(k, None)
+                parts.append(self._meanflow_residual(net, z[k:], r[k:], t[k:], v[k:], _rows(y, tail), lam))
+            return parts[0] if len(parts) == 1 else torch.cat(parts)
         jvp_rows = r < t
         if bool(jvp_rows.all()):
             return self._meanflow_residual(net, z, r, t, v, y, lam)
@@ -185,5 +196,5 @@ class ModularMeanFlow(Objective):
         return u.to(dudt.dtype) + expand_like(t - r, z) * sg_lambda(dudt, lam) - v
 
 
-def _rows(y: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor | None:
-    return None if y is None else y[mask]
+def _rows(y: torch.Tensor | None, rows) -> torch.Tensor | None:
+    return None if y is None else y[rows]

@@ -10,13 +10,16 @@ from mmf_lightning.config import RecordsInit
 class TimeSampler(RecordsInit):
     """Draws (r, t) per sample: two draws from ``distribution``, t = max, r = min.
 
-    Then each sample independently gets r = t with probability ``equal_fraction``
-    (MeanFlow trains a fraction of the batch as plain flow matching).
+    Then a share ``equal_fraction`` of the rows gets r = t (MeanFlow trains that share of the batch as
+    plain flow matching): ``draw`` puts them first, ``equal_count(n)`` of them, so an objective splits the
+    batch by slicing, with no host-device sync and static shapes; the batch's rows are in random order, so
+    which rows they are does not matter. The count is ``equal_fraction * n`` rounded up or down at random
+    (its expectation is exactly ``equal_fraction * n``, also for small batches).
 
     Args:
         distribution: "uniform" on [0, 1] or "logit_normal" (sigmoid of N(mean, std)).
         mean, std: logit-normal parameters (MeanFlow: (-0.4, 1.0) on ImageNet, (-2, 2) on CIFAR-10).
-        equal_fraction: probability in [0, 1] that a sample has r = t.
+        equal_fraction: the share in [0, 1] of each batch with r = t.
     """
 
     def __init__(
@@ -43,12 +46,21 @@ class TimeSampler(RecordsInit):
             return torch.rand(n, device=device)
         return torch.sigmoid(self.mean + self.std * torch.randn(n, device=device))
 
-    def __call__(self, n: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        """(r, t), each (n,), with r <= t."""
+    def equal_count(self, n: int) -> int:
+        """How many of n rows get r = t. Drawn on the CPU (a Python int), whatever the batch's device."""
+        return min(n, int(self.equal_fraction * n + torch.rand(()).item()))
+
+    def draw(self, n: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(r, t, k): times (n,) each, r = t on the first k rows and r < t on the others."""
         a, b = self.sample_t(n, device), self.sample_t(n, device)
         t, r = torch.maximum(a, b), torch.minimum(a, b)
-        equal = torch.rand(n, device=device) < self.equal_fraction
-        return torch.where(equal, t, r), t
+        k = self.equal_count(n)
+        return torch.cat([t[:k], r[k:]]), t, k
+
+    def __call__(self, n: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """(r, t), each (n,), with r <= t (``draw`` without the count)."""
+        r, t, _ = self.draw(n, device)
+        return r, t
 
     def __repr__(self) -> str:
         return (

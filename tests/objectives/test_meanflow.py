@@ -222,6 +222,29 @@ def test_jvp_runs_only_on_rows_with_r_less_than_t(monkeypatch):
     assert sizes == [int((r < t).sum())] * 2 == [5, 5]
 
 
+@pytest.mark.parametrize("lam", [0.0, 1.0])
+def test_the_samplers_sliced_split_equals_the_masked_split(lam):
+    """The sampler lays out its r = t rows first and the objective slices there: the loss and every gradient
+    equal those of the same rows split by the mask of r < t (labels follow their rows)."""
+    net = MLP(dim=2, width=32, depth=2, time_dim=16, num_classes=3).double()
+    x, e, _, _ = _batch(12)
+    y = torch.arange(12) % 4  # 3 is the null label
+    objective = ModularMeanFlow("instantaneous", TimeSampler("uniform", equal_fraction=0.4))
+    torch.manual_seed(1)
+    r, t, k = objective.time_sampler.draw(12)
+    z, v = linear_path(x, e, t)
+    results = []
+    for n_equal in (k, None):
+        net.zero_grad()
+        residual = objective.residual(net, z, r, t, v, y, lam, n_equal)
+        residual.square().sum().backward()
+        results.append((residual.detach(), [p.grad.clone() for p in net.parameters()]))
+    assert 0 < k < 12
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-12, atol=1e-14)
+    for g_sliced, g_masked in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(g_sliced, g_masked, rtol=1e-10, atol=1e-13)
+
+
 def test_flow_matching_is_the_r_equals_t_case():
     net, (x, e, _, t) = _mlp(), _batch(32)
     z, v = linear_path(x, e, t)

@@ -3,14 +3,16 @@ import torch
 from mmf_lightning.objectives import TimeSampler
 
 
-def test_pairs_are_ordered_and_equal_fraction_is_per_sample():
-    r, t = TimeSampler("logit_normal", -0.4, 1.0, equal_fraction=0.25)(20_000)
+def test_pairs_are_ordered_and_the_equal_rows_come_first_in_the_expected_share():
+    sampler = TimeSampler("logit_normal", -0.4, 1.0, equal_fraction=0.25)
+    r, t, k = sampler.draw(20_000)
     assert ((0 <= r) & (r <= t) & (t <= 1)).all()
-    equal = (r == t).double()
-    assert abs(equal.mean() - 0.25) < 0.02
-    # chosen per sample: every batch of 64 mixes both kinds
-    chunks = equal[: 64 * 100].reshape(100, 64).mean(1)
-    assert ((chunks > 0) & (chunks < 1)).float().mean() > 0.99
+    assert (r[:k] == t[:k]).all() and (r[k:] < t[k:]).all()
+    assert k in (5000, 5001)
+    # a batch of 6 (1.5 rows r = t expected): 1 or 2 of them, 1.5 on average, not always the rounded 2
+    counts = torch.tensor([sampler.equal_count(6) for _ in range(4000)], dtype=torch.float64)
+    assert set(counts.tolist()) == {1.0, 2.0} and abs(counts.mean() - 1.5) < 0.05
+    assert TimeSampler(equal_fraction=1.0).equal_count(7) == 7 and TimeSampler(equal_fraction=0.0).equal_count(7) == 0
 
 
 def test_logit_normal_and_uniform_marginals():

@@ -1,0 +1,376 @@
+"""Sample quality at equal budget: every method of benchmarks/methods.py, ours and the peers', with the same
+network, steps, batch, optimizer, EMA and seeds on each task. Plain torch loop, no Lightning.
+
+Tasks (``--datasets``), each with the recipe of its quickstart-style config:
+- 2-D data (checkerboard, moons, ...) and the Gaussian: the quickstart's recipe (configs/quickstart.yaml), the 2-D
+  MLP (width 256, depth 4), Adam 1e-3 with cosine decay to 0, batch 256 of fresh data each step, EMA 0.995
+  (evaluated). Judged by sliced Wasserstein-2 (SW) and energy distance (ED) of 5000 samples against 5000 fresh
+  data samples, at 1 and 2 steps (and 100 for flow matching); on the Gaussian, the RMS error of the K-step map
+  against the exact flow map Phi_{1->0}(e) (DESIGN.md section 1b) instead.
+- ``ode`` (gradient flow from noisy endpoints, configs/ode/) and ``control`` (point mass supervised with its
+  trajectories, configs/control/): the same MLP and recipe on the task's 20 000 training trajectories. Judged
+  by the RMS distance to the true path over the K-step chain's states from 5000 fresh starts (``traj_1`` is the
+  end point's error; ``traj_2`` averages the midpoint and the end); 100 steps: the end point's. Ours only: the
+  peers cannot read a paired start or a path.
+- ``digits``: scikit-learn's 8x8 digits (the 1437 training images) on the small UNet of configs/digits/quick.yaml,
+  Adam 2e-3 with cosine decay, batch 64, EMA 0.99, 1500 steps unless ``--steps`` says otherwise. Judged by the
+  Frechet distance in the digits classifier's features (``fd_K``; docs/metrics.md) of 1797 samples against
+  all 1797 images.
+
+Loss variance: over the last third of the run, of each method's own loss (the peers' losses are scaled
+differently: compare within a family).
+
+``--budget time`` gives every method the wall-clock time that the recommended objective needs for
+``--steps`` steps: each method's step time is measured first, interleaved in one process, and its
+step count scaled by the ratio.
+
+    python benchmarks/quality.py [--steps N] [--seeds 5] [--workers 2] [--budget steps|time]
+        [--datasets checkerboard moons gaussian ode control digits] [--methods NAME ...] [--out benchmarks/results]
+"""
+
+import argparse
+import copy
+import json
+import math
+import multiprocessing
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import torch
+from methods import ABLATIONS, FLOW_MATCHING, PEERS, interleaved_medians
+from methods import METHODS as OURS_AND_PEERS
+
+from mmf_lightning import sampling
+from mmf_lightning.distributions import DISTRIBUTIONS, sample_distribution
+from mmf_lightning.metrics.distances import energy_distance, sliced_wasserstein
+from mmf_lightning.nets import MLP, UNet
+from mmf_lightning.nets.gaussian import GaussianAverageVelocity
+from mmf_lightning.objectives.paths import SampledPath
+
+METHODS = OURS_AND_PEERS | ABLATIONS
+GAUSSIAN = {"mean": (1.0, -0.5), "std": (0.5, 1.5)}
+EVAL_N = 5000
+
+
+class Toy:
+    """2-D data from ``mmf_lightning.distributions``, or the Gaussian with its closed-form flow map."""
+
+    lr, batch_size, ema_decay, steps, paired = 1e-3, 256, 0.995, 3000, False
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def make_net(self):
+        return MLP(dim=2, width=256, depth=4)
+
+    def draw(self, n: int, g: torch.Generator) -> torch.Tensor:
+        return sample_distribution(self.name, n, g, **(GAUSSIAN if self.name == "gaussian" else {}))
+
+    def batch(self, g: torch.Generator) -> dict:
+        return {"x": self.draw(self.batch_size, g)}
+
+    def evaluate(self, method, net, sample_steps, seed) -> dict[str, float]:
+        g = torch.Generator().manual_seed(20_000 + seed)
+        e = torch.randn(EVAL_N, 2, generator=g)
+        out = {}
+        if self.name == "gaussian":
+            exact = GaussianAverageVelocity(torch.tensor(GAUSSIAN["mean"]), torch.tensor(GAUSSIAN["std"]))
+            with torch.no_grad():
+                target = exact.flow_map(e, torch.zeros(EVAL_N), torch.ones(EVAL_N))
+            for k in sample_steps:
+                out[f"rmse_{k}"] = (method.sample(net, e, k) - target).square().sum(1).mean().sqrt().item()
+            return out
+        ref = self.draw(EVAL_N, torch.Generator().manual_seed(10_000 + seed))
+        for k in sample_steps:
+            x = method.sample(net, e, k)
+            out[f"sw_{k}"] = sliced_wasserstein(x, ref, generator=torch.Generator().manual_seed(0))
+            out[f"ed_{k}"] = energy_distance(x, ref)
+        return out
+
+
+class Trajectories(Toy):
+    """The ODE task (gradient flow, noisy endpoints) or the point-mass control task (true trajectories)."""
+
+    paired = True
+
+    def __init__(self, name: str):
+        from mmf_lightning.data import ODEDataModule, PointMassDataModule
+        from mmf_lightning.sources import UniformBox
+
+        self.name = name
+        if name == "ode":  # configs/presets/data_ode_gradient_flow.yaml
+            dm = ODEDataModule("gradient_flow", source=UniformBox(-2.0, 2.0), observation_noise=0.05)
+        else:  # configs/presets/data_point_mass.yaml
+            dm = PointMassDataModule(source=UniformBox(-3.0, 3.0), supervision="path")
+        dm.setup("fit")
+        self.datamodule, self.train = dm, dm.train_set.tensors
+
+    def batch(self, g: torch.Generator) -> dict:
+        rows = torch.randint(len(self.train["x"]), (self.batch_size,), generator=g)
+        b = {k: v[rows] for k, v in self.train.items()}
+        if "path" in b:
+            b["path"] = SampledPath(b.pop("path"), b.pop("path_velocity"))
+        return b
+
+    def evaluate(self, method, net, sample_steps, seed) -> dict[str, float]:
+        g = torch.Generator().manual_seed(20_000 + seed)
+        e = self.datamodule.source.sample(EVAL_N, (2,), g)
+        truth = self.datamodule.ground_truth(e)  # (K' + 1, N, 2), t = 1 -> 0
+        segments = truth.shape[0] - 1
+        out = {}
+        for k in sample_steps:
+            chain = sampling.trajectory(net, method.objective, e, k)[1:]  # (k, N, 2), t = 1 - 1/k ... 0
+            if segments % k:  # off the truth's grid: the end point only
+                out[f"end_{k}"] = (chain[-1] - truth[-1]).square().sum(-1).mean().sqrt().item()
+            else:
+                on_grid = truth[segments // k :: segments // k]
+                out[f"traj_{k}"] = (chain - on_grid).square().sum(-1).mean().sqrt().item()
+        return out
+
+
+class Digits(Toy):
+    """scikit-learn's digits on the small UNet of configs/digits/quick.yaml; Frechet distance in the digits
+    classifier's features."""
+
+    lr, batch_size, ema_decay, steps = 2e-3, 64, 0.99, 1500
+
+    def __init__(self, name: str = "digits"):
+        from mmf_lightning.data import DigitsDataModule
+
+        self.name = name
+        dm = DigitsDataModule(val_fraction=0.2)
+        dm.setup("fit")
+        self.images = torch.stack([dm.train_set[i]["x"] for i in range(len(dm.train_set))])
+        self._reference = None
+
+    def make_net(self):
+        return UNet(
+            in_channels=1, image_size=8, channels=32, channel_mult=(1, 2), num_res_blocks=1,
+            attention_resolutions=(), dropout=0.0,
+        )  # fmt: skip
+
+    def batch(self, g: torch.Generator) -> dict:
+        return {"x": self.images[torch.randint(len(self.images), (self.batch_size,), generator=g)]}
+
+    def evaluate(self, method, net, sample_steps, seed) -> dict[str, float]:
+        from sklearn.datasets import load_digits
+
+        from mmf_lightning.metrics.digits_classifier import DigitsClassifier
+        from mmf_lightning.metrics.features import to_uint8
+        from mmf_lightning.metrics.fid import make_fid
+
+        fid = make_fid(DigitsClassifier())
+        real = torch.tensor(load_digits().images * (255 / 16)).round().to(torch.uint8)[:, None]
+        fid.update(real, real=True)
+        e = torch.randn((len(real), 1, 8, 8), generator=torch.Generator().manual_seed(20_000 + seed))
+        out = {}
+        for k in sample_steps:
+            fid.reset()  # the real features persist (reset_real_features=False)
+            fid.update(to_uint8(method.sample(net, e, k)), real=False)
+            out[f"fd_{k}"] = fid.compute().item()
+        return out
+
+
+def task_class(name: str) -> type[Toy]:
+    return Trajectories if name in ("ode", "control") else Digits if name == "digits" else Toy
+
+
+def task(name: str) -> Toy:
+    return task_class(name)(name)
+
+
+TASKS = [*DISTRIBUTIONS, "gaussian", "ode", "control", "digits"]
+
+
+def columns(dataset: str) -> tuple[list[str], str]:
+    """(a task's table columns, 1-step first, then 2-step; its 100-step column)."""
+    if dataset == "gaussian":
+        return ["rmse_1", "rmse_2"], "rmse_100"
+    if dataset in ("ode", "control"):
+        return ["traj_1", "traj_2"], "end_100"
+    if dataset == "digits":
+        return ["fd_1", "fd_2"], "fd_100"
+    return ["sw_1", "sw_2", "ed_1", "ed_2"], "sw_100"
+
+
+def train(method_name: str, data: Toy, seed: int, steps: int):
+    """(EMA network, Method, losses) after ``steps`` optimizer steps."""
+    torch.manual_seed(seed)
+    net = data.make_net()
+    method = METHODS[method_name][1](net, steps)
+    ema = copy.deepcopy(net).requires_grad_(False)
+    opt = torch.optim.Adam(net.parameters(), lr=data.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, steps) / steps)))
+    g = torch.Generator().manual_seed(seed)
+    losses = []
+    for step in range(steps):
+        loss = method.loss(data.batch(g), step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        method.objective.on_optimizer_step(net, step)
+        with torch.no_grad():
+            for p_e, p in zip(ema.parameters(), net.parameters()):
+                p_e.lerp_(p, 1 - data.ema_decay)
+        losses.append(loss.item())
+    return ema.eval(), method, losses
+
+
+def run(job):
+    method_name, dataset, seed, steps = job
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    data = task(dataset)
+    net, method, losses = train(method_name, data, seed, steps)
+    res = data.evaluate(method, net, (1, 2, 100) if method_name in FLOW_MATCHING else (1, 2), seed)
+    res["loss_var"] = statistics.variance(losses[-max(2, steps // 3) :])
+    res["steps"] = steps
+    return method_name, dataset, seed, res, time.perf_counter() - t0
+
+
+def step_times(method_names, dataset, repeats=5, n=40) -> dict[str, float]:
+    """Median time of a training step per method (rounds of ``n`` steps, the methods interleaved)."""
+    torch.set_num_threads(1)
+    data, g = task(dataset), torch.Generator().manual_seed(0)
+    fns = {}
+    for name in method_names:
+        torch.manual_seed(0)
+        net = data.make_net()
+        method, opt = METHODS[name][1](net, 3000), torch.optim.Adam(net.parameters(), lr=data.lr)
+
+        def step(method=method, opt=opt):
+            loss = method.loss(data.batch(g), 2000)  # past the curriculum's warm-up
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        fns[name] = step
+    return interleaved_medians(fns, repeats, n)
+
+
+def summarise(results, methods, datasets) -> str:
+    lines = []
+    for dataset in datasets:
+        cols, hundred_key = columns(dataset)
+        cols = [*cols, "loss_var"]
+        lines += [f"\n### {dataset}\n", "| method | steps | " + " | ".join(cols) + " | 100-step |"]
+        lines.append("|---" * (len(cols) + 3) + "|")
+        for m in methods:
+            runs = [results[(m, dataset, s)] for s in sorted({s for (mm, d, s) in results if mm == m and d == dataset})]
+            if not runs:
+                continue
+            cells = [_mean_sd([r[c] for r in runs]) for c in cols]
+            hundred = _mean_sd([r[hundred_key] for r in runs]) if hundred_key in runs[0] else ""
+            lines.append(f"| {METHODS[m][0]} | {runs[0]['steps']} | " + " | ".join(cells) + f" | {hundred} |")
+        lines.append(_per_seed(results, dataset, cols[:2]))
+    return "\n".join(lines)
+
+
+def _mean_sd(values) -> str:
+    if len(values) < 2:
+        return f"{values[0]:.3g}"
+    return f"{statistics.mean(values):.3g} ± {statistics.stdev(values):.2g}"
+
+
+def _per_seed(results, dataset, keys) -> str:
+    """Seeds where the recommended objective's 1-step (and 2-step) error is 30% below the peer MeanFlow's."""
+    seeds = sorted(s for (m, d, s) in results if m == "recommended" and d == dataset)
+    seeds = [s for s in seeds if ("peer_meanflow", dataset, s) in results]
+    if not seeds:
+        return ""
+    parts = []
+    for k, key in enumerate(keys, 1):
+        ratios = [
+            results[("recommended", dataset, s)][key] / results[("peer_meanflow", dataset, s)][key] for s in seeds
+        ]
+        wins = sum(q <= 0.7 for q in ratios)
+        parts.append(
+            f"{k}-step: recommended / peer MeanFlow = {statistics.mean(ratios):.2f} on average "
+            f"({', '.join(f'{q:.2f}' for q in ratios)}); at least 30% below in {wins} of {len(seeds)} seeds"
+        )
+    return "\n" + "\n".join(f"- {p}" for p in parts) + "\n"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, help="optimizer steps (default: the task's, 3000; digits 1500)")
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--budget", choices=("steps", "time"), default="steps")
+    p.add_argument("--datasets", nargs="+", default=["checkerboard", "moons", "gaussian"], choices=TASKS)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--out", default=str(Path(__file__).parent / "results"), help="folder for the results")
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"quality_{args.budget}"
+    if args.budget == "time":
+        if len(args.datasets) != 1:
+            p.error("--budget time measures the step times on one task: give one dataset")
+        args.steps = args.steps or task_class(args.datasets[0]).steps
+        counts = _equal_time_steps(args, stem.with_name(stem.name + "_step_counts.json"))
+        steps = {(m, args.datasets[0]): n for m, n in counts.items()}
+    else:
+        steps = {(m, d): args.steps or task_class(d).steps for m in args.methods for d in args.datasets}
+    results = _done(stem.with_suffix(".jsonl"))  # finished jobs of an earlier, interrupted run are kept
+    paired = [d for d in args.datasets if task_class(d).paired]
+    skipped = sorted(m for m in args.methods if m in PEERS) if paired else []
+    if skipped:
+        print(f"the peers {skipped} skip the trajectory tasks (they cannot read a paired start or a path)")
+    jobs = [
+        (m, d, s, steps[m, d])
+        for s in range(args.seeds)
+        for d in args.datasets
+        for m in args.methods
+        if not (m in PEERS and task_class(d).paired)
+    ]
+    jobs = [j for j in jobs if results.get(j[:3], {}).get("steps") != j[3]]
+    print(f"{len(jobs)} runs to do ({len(results)} already in {stem}.jsonl)", flush=True)
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(run, job) for job in jobs]
+        for i, future in enumerate(as_completed(futures), 1):
+            m, d, s, res, secs = future.result()
+            results[(m, d, s)] = res
+            with stem.with_suffix(".jsonl").open("a") as f:
+                f.write(json.dumps([m, d, s, res]) + "\n")
+            shown = ", ".join(f"{k} {v:.3f}" for k, v in res.items() if k != "steps")
+            print(
+                f"[{i}/{len(jobs)} {time.perf_counter() - t0:5.0f}s] {d} seed {s} {m} ({secs:.0f}s): {shown}",
+                flush=True,
+            )
+    results = {k: v for k, v in results.items() if k[0] in args.methods and k[1] in args.datasets}
+    table = summarise(results, args.methods, args.datasets)
+    print(table)
+    md = stem.with_name(f"{stem.name}_{'_'.join(args.datasets)}.md")
+    md.write_text(f"`python benchmarks/quality.py {' '.join(sys.argv[1:])}`\n" + table + "\n")
+    print(f"\nwrote {stem}.jsonl and {md}")
+
+
+def _equal_time_steps(args, path: Path) -> dict[str, int]:
+    """Steps per method for the recommended objective's wall-clock time at ``--steps`` steps; measured once
+    and kept in ``path``, so an interrupted run continues with the same counts."""
+    known = json.loads(path.read_text()) if path.exists() else {}
+    todo = [m for m in args.methods if m not in known]
+    if todo:
+        times = step_times(sorted({*todo, "recommended"}), args.datasets[0])
+        ratios = {m: times[m] / times["recommended"] for m in todo}
+        print("step time over the recommended objective's:", {m: round(q, 2) for m, q in ratios.items()})
+        known |= {m: max(1, round(args.steps / q)) for m, q in ratios.items()}
+        path.write_text(json.dumps(known, indent=1))
+    return {m: known[m] for m in args.methods}
+
+
+def _done(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {(m, d, s): r for m, d, s, r in rows}
+
+
+if __name__ == "__main__":
+    main()
