@@ -275,6 +275,28 @@ class SiLU(nn.SiLU):
         return _SiLUFn.apply(x)
 
 
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` over the last dimension in plain ops (mean, variance, rsqrt), computed in float32 at
+    least, as torch's autocast runs layer norms.
+
+    torch's fused ``layer_norm`` has a forward-mode rule whose tangent is not differentiated correctly: the
+    gradient through du/dt that lambda > 0 needs comes out wrong, silently (pytorch#196700; measured on torch
+    2.14 in tests/nets/test_jvp_layers.py). Plain ops have exact rules, to every order.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = tuple(range(-len(self.normalized_shape), 0))
+        h = x.to(torch.promote_types(x.dtype, torch.float32))
+        mean = h.mean(dims, keepdim=True)
+        centered = h - mean
+        out = centered * torch.rsqrt(centered.square().mean(dims, keepdim=True) + self.eps)
+        if self.weight is not None:
+            out = out * self.weight
+        if self.bias is not None:
+            out = out + self.bias
+        return out
+
+
 # -- explicit JVPs in plain ops, for networks that propagate (value, tangent) pairs themselves ----------
 # torch.func.jvp's per-operation overhead is several times a small matmul's cost, so on a small MLP the
 # JVP costs several forwards. A network that carries (h, dh) through these plain, differentiable ops pays two

@@ -76,3 +76,34 @@ def test_jvp_runs_one_convolution_per_layer(monkeypatch):
     with torch.no_grad():
         torch.func.jvp(conv, (x,), (torch.randn_like(x),))
     assert len(calls) == 2  # primal + tangent
+
+
+def test_layer_norm_gradient_through_its_tangent_equals_a_finite_difference():
+    """The gradient of a loss on the tangent (what lambda > 0 backpropagates), through a linear layer and the
+    plain-op LayerNorm, against a central difference in float64. (torch's fused layer_norm fails this.)"""
+    torch.manual_seed(0)
+    lin, ln = nn.Linear(8, 8).double(), J.LayerNorm(8).double()
+    with torch.no_grad():
+        ln.weight.normal_()
+        ln.bias.normal_()
+    x, dx = torch.randn(3, 5, 8, dtype=torch.float64), torch.randn(3, 5, 8, dtype=torch.float64)
+    params = [*lin.parameters(), *ln.parameters()]
+
+    def loss():
+        y, dy = torch.func.jvp(lambda h: ln(lin(h)), (x,), (dx,))
+        return (dy.square() * y).sum()
+
+    grads = torch.autograd.grad(loss(), params)
+    direction = [torch.randn_like(p) for p in params]
+    h = 1e-6
+    with torch.no_grad():
+        values = []
+        for sign in (1, -2):
+            for p, d in zip(params, direction):
+                p.add_(sign * h * d)
+            values.append(loss())
+        for p, d in zip(params, direction):
+            p.add_(h * d)
+    analytic = sum((g * d).sum() for g, d in zip(grads, direction))
+    torch.testing.assert_close(analytic, (values[0] - values[1]) / (2 * h), rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(ln(x), nn.functional.layer_norm(x, (8,), ln.weight, ln.bias, ln.eps))

@@ -1,0 +1,111 @@
+"""The DiT backbone: shapes and conditioning, its JVP, and lambda's gradient through attention's share of du/dt."""
+
+import pytest
+import torch
+
+from mmf_lightning.nets import DiT
+from mmf_lightning.objectives import ModularMeanFlow, linear_path, u_and_dudt
+
+
+def small_dit(**kw):
+    """A tiny DiT in float64 with every weight random: adaLN-Zero's zero gates would hide attention at init."""
+    args = dict(in_channels=2, image_size=8, patch_size=2, width=16, depth=2, heads=2, time_dim=8) | kw
+    net = DiT(**args).double()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return net
+
+
+def _inputs(n=3, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, 2, 8, 8, generator=g, dtype=torch.float64)
+    r = 0.4 * torch.rand(n, generator=g, dtype=torch.float64)
+    return z, r, 0.5 + 0.5 * torch.rand(n, generator=g, dtype=torch.float64)
+
+
+def test_shapes_conditioning_and_the_zero_start():
+    z, r, t = _inputs()
+    assert DiT(in_channels=2, image_size=8, width=16, depth=1, heads=2).double()(z, r, t).abs().max() == 0
+    net = small_dit(num_classes=3)
+    y = torch.tensor([0, 2, 3])  # 3 is the null label
+    out = net(z, r, t, y)
+    assert out.shape == z.shape
+    assert not torch.allclose(out, net(z, r, t, torch.tensor([1, 2, 3])))
+    assert not torch.allclose(out, net(z, r - 0.1, t, y))  # depends on r, with t fixed
+
+
+def test_unpatchify_inverts_the_patch_layout():
+    net, (z, _, _) = small_dit(), _inputs()
+    tokens = torch.nn.functional.unfold(z, 2, stride=2)  # (B, C * 2 * 2, L), channel-major
+    tokens = tokens.reshape(3, 2, 2, 2, 16).permute(0, 4, 2, 3, 1).reshape(3, 16, 8)
+    assert torch.equal(net.unpatchify(tokens), z)
+
+
+def test_jvp_matches_a_central_difference_along_the_path():
+    net, (z, r, t) = small_dit(), _inputs()
+    dz = torch.randn_like(z)
+    _, dudt = u_and_dudt(net, z, r, t, dz, create_graph=False)
+    h = 1e-6
+    fd = (net(z + h * dz, r, t + h) - net(z - h * dz, r, t - h)) / (2 * h)
+    torch.testing.assert_close(dudt, fd, rtol=1e-6, atol=1e-8)
+
+
+def _attention_params(net):
+    return [p for name, p in net.named_parameters() if ".attn." in name]
+
+
+def test_lambda_one_gradient_through_attention_equals_the_finite_difference():
+    """The lambda = 1 gradient of every attention weight, through u and du/dt, against a central difference
+    of || u + (t - r) du/dt - v ||^2 along a direction in the attention weights (float64); and it differs from
+    the lambda = 0 gradient there, so attention's share of the lambda-gradient is not dropped."""
+    net, (x, r, t) = small_dit(), _inputs(4)
+    e = torch.randn_like(x)
+    z, v = linear_path(x, e, t)
+    tr = (t - r)[:, None, None, None]
+
+    def loss_value():
+        u, dudt = u_and_dudt(net, z, r, t, v, create_graph=False)
+        return (u + tr * dudt - v).square().flatten(1).sum(1).mean()
+
+    grads = {}
+    for lam in (0.0, 1.0):
+        net.zero_grad()
+        ModularMeanFlow("conditional")(net, x, e=e, r=r, t=t, lam=lam).loss.backward()
+        grads[lam] = [p.grad.clone() for p in _attention_params(net)]
+    g = torch.Generator().manual_seed(2)
+    direction = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in _attention_params(net)]
+    h = 1e-6
+    with torch.no_grad():
+        for p, d in zip(_attention_params(net), direction):
+            p.add_(h * d)
+        plus = loss_value()
+        for p, d in zip(_attention_params(net), direction):
+            p.sub_(2 * h * d)
+        minus = loss_value()
+        for p, d in zip(_attention_params(net), direction):
+            p.add_(h * d)
+    analytic = sum((gp * d).sum() for gp, d in zip(grads[1.0], direction))
+    torch.testing.assert_close(analytic, (plus - minus) / (2 * h), rtol=1e-6, atol=1e-9)
+    difference = torch.cat([(a - b).flatten() for a, b in zip(grads[1.0], grads[0.0])]).norm()
+    assert difference > 1e-3 * torch.cat([b.flatten() for b in grads[0.0]]).norm()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(image_size=9), "image_size=9 is not divisible by patch_size=2"),
+        (dict(width=18, heads=2), "width must be divisible by 4"),
+        (dict(width=16, heads=3), "width 16 is not divisible by heads 3"),
+        (dict(depth=0), "depth must be >= 1"),
+    ],
+)
+def test_bad_construction_is_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DiT(**(dict(in_channels=2, image_size=8, width=16, heads=2, depth=1) | kwargs))
+
+
+def test_shape_mismatch_is_named():
+    with pytest.raises(ValueError, match=r"DiT expects samples of shape \(B, 2, 8, 8\), got \(3, 2, 16, 16\)"):
+        small_dit()(torch.randn(3, 2, 16, 16, dtype=torch.float64), torch.zeros(3), torch.ones(3))
