@@ -51,18 +51,22 @@ bench-quick: $(BENCH_STAMP)
 	cd benchmarks && ../$(PY) jvp_cost.py --net mlp
 	cd benchmarks && ../$(PY) jvp_cost.py --channels 64 --num_res_blocks 2 --repeats 2
 
-# Sample quality at equal steps and at equal wall-clock time on 2-D data, 5 seeds: the runs behind
-# docs/benchmarks.md (about 1.5 hours on 2 cores); results in benchmarks/results/, and an interrupted
+# Sample quality at equal steps and at equal wall-clock time on 2-D data (5 seeds), the ODE and control
+# trajectories (5 seeds) and the digits (3 seeds): the runs behind docs/benchmarks.md (about 4 hours on 2 cores); results in benchmarks/results/, and an interrupted
 # run continues where it stopped.
 bench-quality: $(BENCH_STAMP)
-	cd benchmarks && ../$(PY) toy_quality.py --datasets checkerboard moons
-	cd benchmarks && ../$(PY) toy_quality.py --datasets checkerboard moons \
+	cd benchmarks && ../$(PY) quality.py --datasets checkerboard moons
+	cd benchmarks && ../$(PY) quality.py --datasets checkerboard moons \
 		--methods recommended_weighted recommended_logit_normal recommended_half_fm
-	cd benchmarks && ../$(PY) toy_quality.py --datasets gaussian \
+	cd benchmarks && ../$(PY) quality.py --datasets gaussian \
 		--methods fm meanflow_stopgrad mmf_lam1 recommended peer_meanflow
-	cd benchmarks && ../$(PY) toy_quality.py --budget time --datasets checkerboard \
+	cd benchmarks && ../$(PY) quality.py --budget time --datasets checkerboard \
 		--methods fm meanflow_stopgrad recommended peer_meanflow
-	cd benchmarks && ../$(PY) plot_quality.py results/toy_quality_steps.jsonl ../docs/toy_quality_steps.png
+	cd benchmarks && ../$(PY) quality.py --datasets ode control \
+		--methods fm meanflow_stopgrad mmf_lam1 mmf_curriculum recommended
+	cd benchmarks && ../$(PY) quality.py --datasets digits --steps 600 --seeds 3 \
+		--methods fm meanflow_stopgrad recommended peer_meanflow
+	cd benchmarks && ../$(PY) plot_quality.py results/quality_steps.jsonl ../docs/toy_quality_steps.png
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

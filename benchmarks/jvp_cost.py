@@ -3,6 +3,8 @@ and the cost of sampling, in one run.
 
 ``--net unet``: the UNet of configs/presets/unet_cifar10.yaml (dropout off), a 32 x 3 x 32 x 32 batch.
 ``--net mlp``: the quickstart's 2-D MLP (width 256, depth 4), a batch of 256.
+``--net dit``: a DiT-S/2 (width 384, depth 12, 6 heads; ``--width --depth --heads``) on 4 x 32 x 32 latents, a batch
+of 8.
 
 Rows:
 - fixed shares of rows with r < t (the targets of issue 9 are stated for these), with the conditional tangent;
@@ -18,7 +20,7 @@ before it, with glibc told to return freed large blocks to the OS (MALLOC_MMAP_T
 tracks live tensors (meaningful for the UNet; the MLP's few MB are allocator noise). Ratios are the
 figures; absolute numbers on a shared CPU are noise.
 
-    python benchmarks/jvp_cost.py [--net unet|mlp] [--channels 128] [--batch 32] [--repeats 3]
+    python benchmarks/jvp_cost.py [--net unet|mlp|dit] [--channels 128] [--batch 32] [--repeats 3]
 """
 
 import argparse
@@ -33,7 +35,7 @@ import torch
 from methods import ABLATIONS, METHODS, PEERS, interleaved_medians
 from torch import nn
 
-from mmf_lightning.nets import MLP, UNet
+from mmf_lightning.nets import MLP, DiT, UNet
 from mmf_lightning.nets import jvp_layers as J
 from mmf_lightning.objectives import FlowMatching, ModularMeanFlow, TimeSampler, linear_path
 from mmf_lightning.sampling import sample
@@ -82,6 +84,9 @@ def build(args):
     torch.manual_seed(0)
     if args.net == "mlp":
         net, shape = MLP(dim=2, width=256, depth=4), (2,)
+    elif args.net == "dit":  # DiT-S/2 (width 384, depth 12, 6 heads) on 4 x 32 x 32 latents (SD-VAE of 256 px)
+        net = DiT(in_channels=4, image_size=32, patch_size=2, width=args.width, depth=args.depth, heads=args.heads)
+        shape = (4, 32, 32)
     else:
         net = UNet(
             in_channels=3,
@@ -223,7 +228,10 @@ def measure_memory(args, names):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--net", choices=("unet", "mlp"), default="unet")
+    p.add_argument("--net", choices=("unet", "mlp", "dit"), default="unet")
+    p.add_argument("--width", type=int, default=384, help="DiT width")
+    p.add_argument("--depth", type=int, default=12, help="DiT depth")
+    p.add_argument("--heads", type=int, default=6, help="DiT attention heads")
     p.add_argument("--channels", type=int, default=128)
     p.add_argument("--num_res_blocks", type=int, default=4)
     p.add_argument("--batch", type=int, default=None, help="default: 32 (UNet), 256 (MLP)")
@@ -232,19 +240,19 @@ def main():
     p.add_argument("--inner", type=int, default=None, help="steps per round; default: 1 (UNet), 20 (MLP)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
-    args.batch = args.batch or (32 if args.net == "unet" else 256)
-    args.inner = args.inner or (1 if args.net == "unet" else 20)
-    args.sample_batch = args.sample_batch or (32 if args.net == "unet" else 5000)
+    args.batch = args.batch or {"unet": 32, "dit": 8, "mlp": 256}[args.net]
+    args.inner = args.inner or (20 if args.net == "mlp" else 1)
+    args.sample_batch = args.sample_batch or {"unet": 32, "dit": 8, "mlp": 5000}[args.net]
     torch.set_num_threads(os.cpu_count() or 1)
     if args.child:
         measure_memory_child(args)
         return
     rows = variants(args)
-    what = (
-        f"UNet channels={args.channels} mult=(2,2,2) blocks={args.num_res_blocks}, batch {args.batch}x3x32x32"
-        if args.net == "unet"
-        else f"2-D MLP width 256 depth 4, batch {args.batch}"
-    )
+    what = {
+        "unet": f"UNet channels={args.channels} mult=(2,2,2) blocks={args.num_res_blocks}, batch {args.batch}x3x32x32",
+        "dit": f"DiT patch 2 width={args.width} depth={args.depth} heads={args.heads}, batch {args.batch}x4x32x32",
+        "mlp": f"2-D MLP width 256 depth 4, batch {args.batch}",
+    }[args.net]
     print(
         f"{what}, {torch.get_num_threads()} threads; median of {args.repeats} rounds of {args.inner} steps", flush=True
     )
