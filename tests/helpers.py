@@ -12,6 +12,20 @@ from torch.utils.data import DataLoader, Dataset
 from mmf_lightning.cli import MMFLightningCLI
 
 
+def directional_difference(loss_fn, params, direction, h: float = 1e-6) -> torch.Tensor:
+    """Central difference of ``loss_fn()`` along ``direction`` in ``params`` (moved in place, then restored)."""
+    with torch.no_grad():
+        for p, d in zip(params, direction):
+            p.add_(h * d)
+        plus = loss_fn()
+        for p, d in zip(params, direction):
+            p.sub_(2 * h * d)
+        minus = loss_fn()
+        for p, d in zip(params, direction):
+            p.add_(h * d)
+    return (plus - minus) / (2 * h)
+
+
 def quiet_trainer(tmp_path, max_steps=6, callbacks=(), **kw) -> L.Trainer:
     """A CPU Trainer without logger, progress bar or summary, for short real runs."""
     args = dict(limit_val_batches=1, log_every_n_steps=1)

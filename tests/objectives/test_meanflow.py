@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from helpers import directional_difference
 
 from mmf_lightning.nets import MLP
 from mmf_lightning.nets.gaussian import GaussianAverageVelocity
@@ -126,20 +127,6 @@ def test_lambda_gradient_identity(tangent):
     assert (g1 - g0).norm() > 1e-3 * g0.norm()  # lambda does change the gradient
 
 
-def _directional_fd(loss_fn, net, direction, h=1e-6):
-    params = list(net.parameters())
-    with torch.no_grad():
-        for p, d in zip(params, direction):
-            p.add_(h * d)
-        plus = loss_fn()
-        for p, d in zip(params, direction):
-            p.sub_(2 * h * d)
-        minus = loss_fn()
-        for p, d in zip(params, direction):
-            p.add_(h * d)
-    return (plus - minus) / (2 * h)
-
-
 def test_lambda_one_is_the_full_gradient_and_zero_the_stop_gradient():
     """Check both ends against finite differences of the losses they claim to differentiate."""
     net, (x, e, r, t) = _mlp(), _batch(32)
@@ -161,7 +148,9 @@ def test_lambda_one_is_the_full_gradient_and_zero_the_stop_gradient():
         analytic = sum(
             (gi * d.flatten()).sum() for gi, d in zip(g.split([p.numel() for p in net.parameters()]), direction)
         )
-        torch.testing.assert_close(analytic, _directional_fd(loss_fn, net, direction), rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(
+            analytic, directional_difference(loss_fn, list(net.parameters()), direction), rtol=1e-6, atol=1e-9
+        )
 
 
 def test_dropout_masks_agree_between_the_two_lambda_paths():
