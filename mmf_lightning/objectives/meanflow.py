@@ -154,25 +154,20 @@ class ModularMeanFlow(Objective):
 
         Rows with r = t are flow matching (``u(z, t, t) - v``) and run no JVP. ``n_equal``: the first
         n_equal rows have r = t and the others r < t (``TimeSampler.draw``'s layout); the batch is then
-        split by slicing, without a host-device sync. Without it, by a mask of r < t (one sync).
+        split by slicing, without a host-device sync. Without it (times from the caller), the rows are put
+        in that layout first and back after (counting them is one sync).
         """
-        if n_equal is not None:
-            k = n_equal
-            parts = [net(z[:k], t[:k], t[:k], _rows(y, slice(k))) - v[:k]] if k else []
-            if k < z.shape[0]:
-                tail = slice(k, None)
-                parts.append(self._meanflow_residual(net, z[k:], r[k:], t[k:], v[k:], _rows(y, tail), lam))
-            return parts[0] if len(parts) == 1 else torch.cat(parts)
-        jvp_rows = r < t
-        if bool(jvp_rows.all()):
-            return self._meanflow_residual(net, z, r, t, v, y, lam)
-        if not bool(jvp_rows.any()):
-            return net(z, t, t, y) - v
-        out = torch.empty_like(z)
-        fm, j = ~jvp_rows, jvp_rows
-        out[fm] = net(z[fm], t[fm], t[fm], _rows(y, fm)) - v[fm]
-        out[j] = self._meanflow_residual(net, z[j], r[j], t[j], v[j], _rows(y, j), lam)
-        return out
+        if n_equal is None:
+            jvp_rows = r < t
+            order = torch.argsort(jvp_rows.to(torch.uint8), stable=True)  # the r = t rows first
+            rows = (z[order], r[order], t[order], v[order], _rows(y, order))
+            return self.residual(net, *rows, lam, int((~jvp_rows).sum()))[torch.argsort(order)]
+        k = n_equal
+        parts = [net(z[:k], t[:k], t[:k], _rows(y, slice(k))) - v[:k]] if k else []
+        if k < z.shape[0]:
+            tail = slice(k, None)
+            parts.append(self._meanflow_residual(net, z[k:], r[k:], t[k:], v[k:], _rows(y, tail), lam))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _tangent(self, net, z, r, t, v, y) -> torch.Tensor:
         if self.tangent == "conditional":
