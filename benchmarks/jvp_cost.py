@@ -234,10 +234,10 @@ def main():
     p.add_argument("--heads", type=int, default=6, help="DiT attention heads")
     p.add_argument("--channels", type=int, default=128)
     p.add_argument("--num_res_blocks", type=int, default=4)
-    p.add_argument("--batch", type=int, default=None, help="default: 32 (UNet), 256 (MLP)")
-    p.add_argument("--sample_batch", type=int, default=None, help="samples per batch; default: 32 (UNet), 5000 (MLP)")
+    p.add_argument("--batch", type=int, default=None, help="default: 32 (UNet), 8 (DiT), 256 (MLP)")
+    p.add_argument("--sample_batch", type=int, default=None, help="default: 32 (UNet), 8 (DiT), 5000 (MLP)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--inner", type=int, default=None, help="steps per round; default: 1 (UNet), 20 (MLP)")
+    p.add_argument("--inner", type=int, default=None, help="steps per round; default: 1 (UNet, DiT), 20 (MLP)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     args.batch = args.batch or {"unet": 32, "dit": 8, "mlp": 256}[args.net]
