@@ -12,7 +12,10 @@ Rows:
   ours), after the curriculum's warm-up (lambda = 1), and the peers' MeanFlow, RectifiedFlow and torchcfm
   when the ``bench`` extra is installed;
 - sampling: a 1-step sample of the recommended objective and 2-, 4- and 100-step flow matching, over one
-  bare network forward on the same batch.
+  bare network forward on the same batch;
+- torch.compile (``MeanFlowModule(compile=True)``, ``nets.compiled.CompiledNet``): training steps per second of
+  flow matching and of the recommended objective, eager and compiled, after the compilation (timed apart), and
+  whether the compiled loss equals the eager one.
 
 Time: all rows in one process, interleaved, median of ``--repeats`` rounds (each round ``--inner`` steps).
 Peak memory: each row in a fresh process; the peak resident set during one step minus the resident set
@@ -30,6 +33,7 @@ import os
 import resource
 import subprocess
 import sys
+import time
 
 import torch
 from methods import ABLATIONS, METHODS, PEERS, interleaved_medians
@@ -37,6 +41,7 @@ from torch import nn
 
 from mmf_lightning.nets import MLP, DiT, UNet
 from mmf_lightning.nets import jvp_layers as J
+from mmf_lightning.nets.compiled import CompiledNet
 from mmf_lightning.objectives import FlowMatching, ModularMeanFlow, TimeSampler, linear_path
 from mmf_lightning.sampling import sample
 
@@ -169,6 +174,33 @@ class _Fixed(TimeSampler):
         return self.r, self.t, self.k
 
 
+COMPILED = ("fm", "recommended")
+
+
+def measure_compile(args) -> tuple[dict, dict, dict]:
+    """(median step time per row, compilation seconds per method, |compiled - eager| of the first loss)."""
+    steps, compile_s, loss_diff = {}, {}, {}
+    for name in COMPILED:
+        for kind in ("eager", "compiled"):
+            net, x, e, _, _ = build(args)
+            trained = CompiledNet(net) if kind == "compiled" else net
+            method = METHODS[name][1](trained, 3000)
+            opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+            step = lambda net=net, m=method, opt=opt, x=x: run_step(net, lambda: m.loss({"x": x}, 2000), opt)  # noqa: E731
+            torch.manual_seed(2)
+            t0 = time.perf_counter()
+            first = method.loss({"x": x}, 2000).item()
+            for _ in range(4):  # the times' split point varies: shapes settle after a recompilation
+                step()
+            if kind == "compiled":
+                compile_s[name] = time.perf_counter() - t0
+                loss_diff[name] = abs(first - loss_diff[name])
+            else:
+                loss_diff[name] = first
+            steps[f"{kind}:{name}"] = step
+    return interleaved_medians(steps, args.repeats, args.inner), compile_s, loss_diff
+
+
 def run_step(net, loss_fn, opt):
     """One training step: zero the gradients, the loss, backward, Adam."""
     opt.zero_grad(set_to_none=True)
@@ -238,6 +270,7 @@ def main():
     p.add_argument("--sample_batch", type=int, default=None, help="default: 32 (UNet), 8 (DiT), 5000 (MLP)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--inner", type=int, default=None, help="steps per round; default: 1 (UNet, DiT), 20 (MLP)")
+    p.add_argument("--skip_compile", action="store_true", help="leave out the torch.compile rows")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     args.batch = args.batch or {"unet": 32, "dit": 8, "mlp": 256}[args.net]
@@ -280,6 +313,17 @@ def main():
             "  <= 1.05x  " + ("ok" if sampling[k] <= 1.05 * sampling["forward"] else "MISSED") if k == "rec_1" else ""
         )
         print(f"{desc:<70} {sampling[k] / sampling['forward']:6.2f}x{note}")
+    if args.skip_compile:
+        return
+    times, compile_s, loss_diff = measure_compile(args)
+    print(f"\n{'torch.compile: training steps per second':<44} {'eager':>8} {'compiled':>9} {'over FM':>8}")
+    for name in COMPILED:
+        eager, compiled = 1 / times[f"eager:{name}"], 1 / times[f"compiled:{name}"]
+        over = times[f"compiled:{name}"] / times["compiled:fm"]
+        print(
+            f"{METHODS[name][0]:<44} {eager:8.1f} {compiled:9.1f} {over:7.2f}x  (compiled in {compile_s[name]:.0f} s, "
+            f"first loss differs by {loss_diff[name]:.1e})"
+        )
 
 
 if __name__ == "__main__":

@@ -171,6 +171,12 @@ def sample_main(argv: list[str]) -> Path:
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--label", type=int, default=None, help="class label (class-conditional nets)")
+    parser.add_argument(
+        "--guidance_scale",
+        type=float,
+        default=1.0,
+        help="classifier-free guidance at sampling time (class-conditional nets trained with label dropout; 1: none)",
+    )
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -191,6 +197,9 @@ def sample_main(argv: list[str]) -> Path:
     if output.suffix != ".npz":
         parser.error(f"--output must end in .npz, got {output}")
     module = MeanFlowModule.load_from_checkpoint(ckpt, map_location=args.device).eval()
+    if args.guidance_scale != 1.0 and not getattr(module.net, "num_classes", None):
+        parser.error(f"--guidance_scale {args.guidance_scale}: the network of {ckpt} is not class-conditional")
+    module.guidance_scale = args.guidance_scale
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
     sizes = [min(args.batch_size, args.num_samples - i) for i in range(0, args.num_samples, args.batch_size)]
     chunks = [

@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="LPIPS metrics on images (default: as the run's PathMetrics, e.g. off for the offline digits; else on)",
     )
     p.add_argument("--lpips_weights_path", help="torchvision's AlexNet weights (else the torch hub cache)")
+    p.add_argument(
+        "--guidance_scale",
+        type=float,
+        default=1.0,
+        help="classifier-free guidance at sampling time for class-conditional nets (1: none; one extra forward a jump)",
+    )
     p.add_argument("--accelerator", default="auto", help="cpu, gpu, auto")
     p.add_argument("--devices", type=int, default=1, help="processes (DDP when > 1)")
     return p
@@ -339,9 +345,12 @@ def evaluate_main(argv: list[str]) -> dict:
         except (FileNotFoundError, ValueError, ArgumentError) as err:
             message = str(err) if str(ckpt) in str(err) else f"{ckpt}: {err}"
             parser.error(message.replace("\n", " "))
-        problem = check_data(MeanFlowModule.load_from_checkpoint(ckpt, map_location="cpu"), datamodule, ckpt, data_from)
+        loaded = MeanFlowModule.load_from_checkpoint(ckpt, map_location="cpu")
+        problem = check_data(loaded, datamodule, ckpt, data_from)
         if problem:
             parser.error(problem)
+        if args.guidance_scale != 1.0 and not getattr(loaded.net, "num_classes", None):
+            parser.error(f"--guidance_scale {args.guidance_scale}: the network of {ckpt} is not class-conditional")
         section = config["data"] if isinstance(config["data"], dict) else data_section(config["data"], [])
         data[ckpt] = {"from": data_from, "data": section, "description": describe_data(section)}
         with_lpips = run_uses_lpips(config) if args.lpips is None else args.lpips
@@ -364,6 +373,7 @@ def evaluate_main(argv: list[str]) -> dict:
         if echo:
             echo(f"[{i + 1}/{len(runs)}] {name}" + (" (quick: smaller sample counts)" if args.quick else ""))
         module = MeanFlowModule.load_from_checkpoint(ckpt, map_location="cpu").to(fabric.device).eval()
+        module.guidance_scale = args.guidance_scale
         phases = Phases(echo)
         metrics = evaluate_model(
             module,
@@ -395,7 +405,13 @@ def evaluate_main(argv: list[str]) -> dict:
         default = Path("evaluation") / Path(args.data).stem if args.data else Path("evaluation")
         out = Path(args.output) if args.output else default
         out.mkdir(parents=True, exist_ok=True)
-        report = {"settings": vars(settings), "quick": args.quick, "devices": fabric.world_size, "runs": records}
+        report = {
+            "settings": vars(settings),
+            "quick": args.quick,
+            "guidance_scale": args.guidance_scale,
+            "devices": fabric.world_size,
+            "runs": records,
+        }
         (out / "evaluation.json").write_text(json.dumps(report, indent=2))
         table = markdown(results) + data_notes(records)
         quick = (
@@ -403,7 +419,9 @@ def evaluate_main(argv: list[str]) -> dict:
         )
         (out / "evaluation.md").write_text(
             f"# Evaluation\n\n{quick if args.quick else ''}{len(results)} checkpoint(s); definitions in "
-            f"docs/metrics.md; settings: {json.dumps(vars(settings))}\n\n{table}"
+            f"docs/metrics.md; settings: {json.dumps(vars(settings))}"
+            + (f"; sampled with guidance scale {args.guidance_scale}" if args.guidance_scale != 1.0 else "")
+            + f"\n\n{table}"
         )
         save_metrics_figure(results, TABLE_2 + TABLE_3[:1] + TABLE_3[2:4] + OTHER, out / "evaluation.png")
         print(table)

@@ -16,6 +16,7 @@ from torch import nn
 
 from mmf_lightning import sampling
 from mmf_lightning.config import check_count, init_config
+from mmf_lightning.nets.compiled import CompiledNet
 from mmf_lightning.objectives import Objective, SampledPath
 from mmf_lightning.objectives.time_sampling import check_times
 from mmf_lightning.rng_state import gather_rng, restore_rng
@@ -73,6 +74,10 @@ class MeanFlowModule(L.LightningModule):
         skip_check_every_n_steps: how often the host reads the skip counters (a sync): default
             every step on the CPU, every 50 on accelerators, where the skip itself happens on the
             device (fused Adam's ``found_inf``), so a run pays no sync per step.
+        compile: run the training step's network calls (its forward and JVP) through ``torch.compile``
+            (``nets.compiled.CompiledNet``): the same losses and weights, faster on large networks after a
+            compilation of a minute or more at the first steps (docs/benchmarks.md). Sampling, validation
+            and checkpoints use the network as it is.
         source: the distribution of e at t = 1 (``mmf_lightning.sources``; default N(0, I)),
             used when a batch brings no e of its own, and by ``sample``.
     """
@@ -91,6 +96,7 @@ class MeanFlowModule(L.LightningModule):
         source: Source | None = None,
         max_skipped_in_a_row: int = 10,
         skip_check_every_n_steps: int | None = None,
+        compile: bool = False,
     ):
         super().__init__()
         if not (math.isfinite(lr) and math.isfinite(min_lr)) or lr <= 0 or min_lr < 0 or min_lr > lr:
@@ -115,6 +121,10 @@ class MeanFlowModule(L.LightningModule):
         self.guard = SkipGuard(max_skipped_in_a_row)
         self.last_step_kept: torch.Tensor | None = None  # bool on the device: False if the last step was skipped
         self._rng_to_restore: dict | None = None  # a resumed fit's random streams, set at train start
+        self._compiled_net: CompiledNet | None = None  # built at the first training step (``compile``)
+        # sampling-time classifier-free guidance for sample / trajectory_from / data_predictions (and so for
+        # `sample --guidance_scale`, `evaluate --guidance_scale`, the callbacks): 1 is none
+        self.guidance_scale = 1.0
 
     def _save_hparams(self, net: nn.Module, objective: Objective, source: Source) -> None:
         from_cli = _given_hyperparameters is not None and _given_hyperparameters.get() is not None
@@ -179,12 +189,12 @@ class MeanFlowModule(L.LightningModule):
         (``sampling.trajectory``). ``y``: labels for a class-conditional net (None draws none:
         pass them explicitly); ``generator``: for objectives whose jumps draw noise."""
         with self._net_in_eval_mode():
-            return sampling.trajectory(self.net, self.objective, e.to(self.device), steps, y, generator)
+            return sampling.trajectory(self._sampling_net(), self.objective, e.to(self.device), steps, y, generator)
 
     def data_predictions(self, trajectory: torch.Tensor, y=None) -> torch.Tensor:
         """One jump from each state of a K-step trajectory straight to t = 0 (``sampling.data_predictions``)."""
         with self._net_in_eval_mode():
-            return sampling.data_predictions(self.net, self.objective, trajectory.to(self.device), y)
+            return sampling.data_predictions(self._sampling_net(), self.objective, trajectory.to(self.device), y)
 
     @contextmanager
     def _net_in_eval_mode(self):
@@ -200,7 +210,11 @@ class MeanFlowModule(L.LightningModule):
         The last state of ``sample_trajectory`` (the same draws), without keeping the others."""
         e, y = self.draw_starts(num_samples, y, generator)
         with self._net_in_eval_mode():
-            return sampling.sample(self.net, self.objective, e, steps, y, generator)
+            return sampling.sample(self._sampling_net(), self.objective, e, steps, y, generator)
+
+    def _sampling_net(self) -> nn.Module:
+        """The net, with classifier-free guidance at ``guidance_scale`` (``sampling.ClassifierFreeGuidance``)."""
+        return sampling.guided(self.net, self.guidance_scale)
 
     def _sample_labels(self, n, y, generator):
         num_classes = getattr(self.net, "num_classes", None)
@@ -294,18 +308,25 @@ class MeanFlowModule(L.LightningModule):
         """Labels go to class-conditional nets only; an unconditional net ignores them."""
         return b["y"] if getattr(self.net, "num_classes", None) else None
 
-    def _loss(self, batch):
+    def _loss(self, batch, net: nn.Module | CompiledNet | None = None):
         b = unpack_batch(batch)
         if b["e"] is None and b["path"] is None:
             x = b["x"]
             b["e"] = self.source.sample(x.shape[0], x.shape[1:], device=x.device).to(x.dtype)
         out = self.objective(
-            self.net, b["x"], self._labels(b), lam=self.lam, step=self.global_step, e=b["e"], path=b["path"]
+            net or self.net, b["x"], self._labels(b), lam=self.lam, step=self.global_step, e=b["e"], path=b["path"]
         )
         return b["x"], out
 
+    def _training_net(self) -> nn.Module | CompiledNet:
+        if not self.hparams.get("compile"):
+            return self.net
+        if self._compiled_net is None or self._compiled_net.net is not self.net:
+            self._compiled_net = CompiledNet(self.net)
+        return self._compiled_net
+
     def training_step(self, batch, batch_idx):
-        x, out = self._loss(batch)
+        x, out = self._loss(batch, self._training_net())
         loss = out.loss
         # One all-reduce gives the loss summed over ranks and the number of ranks whose loss is not
         # finite, so every rank takes the same decision: a rank that stopped alone would leave the

@@ -7,10 +7,45 @@ training's random stream alone. ``MeanFlowModule.sample`` and its relatives, the
 ``evaluate`` and the notebooks all go through here.
 """
 
+import math
+
 import torch
 from torch import nn
 
 from mmf_lightning.objectives.base import Objective
+
+
+class ClassifierFreeGuidance(nn.Module):
+    """``u_w(z, r, t | y) = u(z, r, t | null) + w (u(z, r, t | y) - u(z, r, t | null))``: guidance at sampling
+    time for a class-conditional net trained with label dropout (the null label is ``net.num_classes``). One
+    forward on the doubled batch per jump; w = 1 is the conditional net, w = 0 the unconditional one.
+
+    Distinct from training-time guidance (``ModularMeanFlow(guidance_scale=...)``), which bakes a fixed w into
+    the target so one jump costs one forward; applied to such a net the two scales compound.
+    """
+
+    def __init__(self, net: nn.Module, scale: float):
+        super().__init__()
+        num_classes = getattr(net, "num_classes", None)
+        if not num_classes:
+            kind = type(net).__name__
+            raise ValueError(f"guidance (scale {scale}) needs a class-conditional network; {kind} has none")
+        if not math.isfinite(scale):
+            raise ValueError(f"the guidance scale must be finite, got {scale}")
+        self.net, self.scale, self.num_classes = net, float(scale), num_classes
+        self.data_shape = getattr(net, "data_shape", None)
+
+    def forward(self, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None):
+        if y is None:
+            raise ValueError("guidance needs labels y")
+        null = torch.full_like(y, self.num_classes)
+        u_y, u_null = self.net(*(torch.cat([a, a]) for a in (z, r, t)), torch.cat([y, null])).chunk(2)
+        return u_null + self.scale * (u_y - u_null)
+
+
+def guided(net: nn.Module, scale: float = 1.0) -> nn.Module:
+    """``net`` itself at scale 1, else ``ClassifierFreeGuidance(net, scale)``."""
+    return net if scale == 1.0 else ClassifierFreeGuidance(net, scale)
 
 
 def time_grid(steps: int, t_max: float = 1.0, device=None) -> torch.Tensor:

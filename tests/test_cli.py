@@ -107,7 +107,7 @@ def test_quickstart_leaves_a_checkpoint_and_a_picture(tmp_path):
     assert Path(cli.trainer.checkpoint_callback.last_model_path).is_file()
 
 
-def test_sample_command_writes_npz_and_png(tmp_path):
+def test_sample_command_writes_npz_and_png(tmp_path, capsys):
     cli = _fit(ROOT / "configs/quickstart.yaml", tmp_path, "--trainer.val_check_interval=4", steps=4)
     ckpt = cli.trainer.checkpoint_callback.last_model_path
     out = tmp_path / "s" / "samples.npz"
@@ -135,6 +135,9 @@ def test_sample_command_writes_npz_and_png(tmp_path):
     samples = np.load(out)["samples"]
     assert samples.shape == (300, 2) and np.isfinite(samples).all()
     assert out.with_suffix(".png").is_file()
+    with pytest.raises(SystemExit):  # the quickstart's net has no classes to guide
+        main(["sample", "--ckpt_path", ckpt, "--output", str(out), "--guidance_scale", "3"])
+    assert "--guidance_scale 3.0: the network of" in capsys.readouterr().err
 
 
 def test_sample_command_names_a_missing_checkpoint(tmp_path, capsys):
@@ -435,6 +438,7 @@ def test_evaluate_writes_tables_for_several_checkpoints(tmp_path, capsys):
         (["{ckpt}", "--names", "a", "b"], "--names gives 2 names for 1 checkpoints"),
         (["{ckpt}", "--steps", "1"], r"steps >= 2.*got 1000, 250, 1"),
         (["{loose}"], r"no run config for .*loose.ckpt: the checkpoint carries none.*pass --config"),
+        (["{ckpt}", "--guidance_scale", "2"], r"--guidance_scale 2.0: the network of .*last.ckpt is not class-cond"),
     ],
 )
 def test_evaluate_names_bad_input(args, match, tmp_path, capsys):
