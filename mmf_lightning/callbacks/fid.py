@@ -71,6 +71,7 @@ class FID(ValidationMetric):
         )
         super().__init__()
         self.metrics: dict[int, nn.Module] = {}
+        self.decode = None  # set by prepare for latent-space data (``LatentDataModule.decode``)
 
     # -- before training: weights, extractor, reference statistics ---------------------------------
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -97,6 +98,7 @@ class FID(ValidationMetric):
         """Loads the extractor and the reference statistics (from the cache, or computed over ranks)."""
         self.load_extractor(datamodule)
         self.extractor = self.extractor.to(device)
+        self.decode = getattr(datamodule, "decode", None)  # latent-space data: samples -> images
         stats = self._reference_statistics(datamodule, device, ranks)
         for k in self.steps:
             fid = make_fid(self.extractor).to(device)
@@ -136,7 +138,8 @@ class FID(ValidationMetric):
         for k, fid in self.metrics.items():
             blocks = ranks.seeded_blocks(self.num_samples, self.batch_size, self.seed, module.device)
             for n, g in tqdm(blocks, desc=f"FID ({k} step)", disable=not (progress and ranks.is_zero), leave=False):
-                fid.update(to_uint8(module.sample(n, k, generator=g)), real=False)
+                samples = module.sample(n, k, generator=g)
+                fid.update(to_uint8(self.decode(samples) if self.decode else samples), real=False)
             out[k] = float(fid.compute())  # all-reduces the feature sums: every rank gets the same value
             fid.reset()  # fake features only: the real ones persist
         return out

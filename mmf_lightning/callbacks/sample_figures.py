@@ -85,6 +85,8 @@ class SampleFigures(L.Callback):
             generator = torch.Generator().manual_seed(self.seed)
             title = f"{k}-step samples (step {trainer.global_step})"
             panels[title] = module.sample(n, k, generator=generator)
+        decode = getattr(trainer.datamodule, "decode", None)  # latent-space data: the pictures show images
+        panels = {title: decode(x) if decode else x for title, x in panels.items()}
         reference = _reference_batch(trainer, self.num_samples)
         trajectories = self._trajectories(trainer, module)
         path = out_dir / f"step_{trainer.global_step}.png"

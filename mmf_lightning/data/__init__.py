@@ -8,6 +8,7 @@ from mmf_lightning.data.images import (
     ImageNet64DataModule,
     to_unit_range,
 )
+from mmf_lightning.data.latents import LatentDataModule
 from mmf_lightning.data.shift import ShiftDataModule
 from mmf_lightning.data.toy2d import ToyDataModule
 from mmf_lightning.data.trajectories import NpzTrajectoryDataModule, ODEDataModule, PointMassDataModule
@@ -18,6 +19,7 @@ __all__ = [
     "DigitsDataModule",
     "ImageFolderDataModule",
     "ImageNet64DataModule",
+    "LatentDataModule",
     "NpzTrajectoryDataModule",
     "ODEDataModule",
     "PointMassDataModule",
