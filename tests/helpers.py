@@ -206,6 +206,11 @@ STAND_INS = {
         "--data.init_args.num_classes=1000",
         *SMALL_FID,
     ],
+    "latent": [  # a smaller DiT
+        "--model.net.init_args.width=32",
+        "--model.net.init_args.depth=1",
+        "--model.net.init_args.heads=2",
+    ],
 }
 
 

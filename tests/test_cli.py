@@ -73,13 +73,22 @@ SAME_NET_OTHER_LAMBDA = {
 }
 
 
+# configs for data or weights that cannot be on this machine and have no stand-in here (Stable Diffusion's VAE):
+# parsed on every run of the suite, never trained
+NOT_ON_THIS_MACHINE = {"latent/imagenet256_dit_b2.yaml"}
+
+
 def _config_id(path: Path) -> str:
     return str(path.relative_to(ROOT / "configs"))
 
 
 @pytest.mark.parametrize(
     "config",
-    [pytest.param(p, marks=pytest.mark.slow) if _config_id(p) in SAME_NET_OTHER_LAMBDA else p for p in CONFIGS],
+    [
+        pytest.param(p, marks=pytest.mark.slow) if _config_id(p) in SAME_NET_OTHER_LAMBDA else p
+        for p in CONFIGS
+        if _config_id(p) not in NOT_ON_THIS_MACHINE
+    ],
     ids=_config_id,
 )
 def test_every_config_trains_a_few_steps(config, tmp_path, monkeypatch, torch_home_with_alexnet):
@@ -87,12 +96,14 @@ def test_every_config_trains_a_few_steps(config, tmp_path, monkeypatch, torch_ho
     extra = list(STAND_INS.get(config.parent.name, []))
     if "unet_" in config.read_text():
         extra += SMALL_UNET
+    if "LatentDataModule" in config.read_text():
+        extra += [f"--data.init_args.cache_dir={tmp_path / 'latents'}"]  # not under the working directory
     cli = _fit(config, tmp_path, *extra)
     assert cli.trainer.global_step == 2
     assert torch.isfinite(cli.trainer.logged_metrics["train/loss"])
 
 
-@pytest.mark.parametrize("config", sorted(SAME_NET_OTHER_LAMBDA))
+@pytest.mark.parametrize("config", sorted(SAME_NET_OTHER_LAMBDA | NOT_ON_THIS_MACHINE))
 def test_configs_trained_only_in_test_all_parse(config):
     path = ROOT / "configs" / config
     small = [*STAND_INS.get(path.parent.name, []), *(SMALL_UNET if "unet_" in path.read_text() else [])]

@@ -31,6 +31,7 @@ def _assert_same(net, x, lam):
         torch.testing.assert_close(cg, g, rtol=1e-5, atol=1e-6)  # fused kernels round differently
 
 
+@pytest.mark.slow  # a cold compilation: 20-40 s on 2 cores
 def test_compiled_mlp_with_dropout_gives_the_eager_loss_and_gradients():
     """With dropout the MLP's JVP is torch.func.jvp over the compiled forward, and lambda = 0 replays the
     JVP's dropout masks in the plain forward: the compiled masks must be eager's. (The explicit-jvp path is
