@@ -207,11 +207,31 @@ def sample_main(argv: list[str]) -> Path:
         for n in tqdm(sizes, desc=f"sampling ({args.steps} step{'s' if args.steps > 1 else ''})", unit="batch")
     ]
     samples = torch.cat(chunks)
+    decode = _latent_decoder(ckpt)
+    if decode is not None:  # a latent-space run: its samples become images, through the run's autoencoder
+        samples = torch.cat([decode(chunk) for chunk in samples.split(args.batch_size)])
     output.parent.mkdir(parents=True, exist_ok=True)
     np.savez(output, samples=samples.numpy())
     save_samples_figure({f"{args.steps}-step samples": samples}, output.with_suffix(".png"))
     print(f"wrote {output} ({tuple(samples.shape)}) and {output.with_suffix('.png')}")
     return output
+
+
+def _latent_decoder(ckpt: Path):
+    """``decode`` of the run's DataModule when the run trained in a latent space (``data.LatentDataModule``), else
+    None. The DataModule is built from the run config the checkpoint carries; decoding needs no data, only the
+    autoencoder and the latents' scale (stored with the encoded training latents, so those must be in the cache)."""
+    from mmf_lightning.callbacks.run_config import RUN_CONFIG_KEY
+    from mmf_lightning.checkpoints import read_checkpoint
+
+    config = read_checkpoint(ckpt).get(RUN_CONFIG_KEY)
+    data = config.get("data") if isinstance(config, dict) else None
+    if not (isinstance(data, dict) and str(data.get("class_path", "")).endswith("LatentDataModule")):
+        return None
+    from mmf_lightning.evaluate import instantiate_run
+
+    datamodule, _ = instantiate_run(config, with_fid=False, fid_num_samples=None)
+    return datamodule.decode
 
 
 # the commands LightningCLI does not have: name -> (module, function of the arguments after the name);

@@ -101,6 +101,11 @@ def test_every_config_trains_a_few_steps(config, tmp_path, monkeypatch, torch_ho
     cli = _fit(config, tmp_path, *extra)
     assert cli.trainer.global_step == 2
     assert torch.isfinite(cli.trainer.logged_metrics["train/loss"])
+    if "LatentDataModule" in config.read_text():  # `sample` decodes a latent run's samples into images
+        out = tmp_path / "samples.npz"
+        main(["sample", "--ckpt_path", cli.trainer.checkpoint_callback.last_model_path, "--output", str(out),
+              "--num_samples", "5"])  # fmt: skip
+        assert np.load(out)["samples"].shape == (5, *cli.datamodule.images.data_shape)
 
 
 @pytest.mark.parametrize("config", sorted(SAME_NET_OTHER_LAMBDA | NOT_ON_THIS_MACHINE))

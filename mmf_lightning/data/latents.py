@@ -117,8 +117,14 @@ class LatentDataModule(DataModuleBase):
     # -- back to images -------------------------------------------------------------------------
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Model samples (B, c, h, w) in the scaled latent space -> images (B, C, H, W) in [-1, 1]."""
-        if self.scale is None:
-            self.setup("fit")
+        if self.scale is None:  # from the cached training latents (their std), never by encoding the set here
+            path = self.cache_file("train", self.images.reference_set("train"))
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"decoding needs the latents' scale, from the encoded training latents {path}, which are not "
+                    "there; set the DataModule's scale, or run fit once to encode them"
+                )
+            self.scale = 1.0 / float(torch.load(path, map_location="cpu", weights_only=True)["z"].std())
         decoder = self.autoencoder.to(latents.device)
         with torch.no_grad():
             return decoder.decode(latents / self.scale).clamp(-1, 1)
