@@ -2,9 +2,10 @@
 network, steps, batch, optimizer, EMA and seeds on each task. Plain torch loop, no Lightning.
 
 Tasks (``--datasets``), each with the recipe of its quickstart-style config:
-- 2-D data (checkerboard, moons, ...) and the Gaussian: the quickstart's recipe (configs/quickstart.yaml), the 2-D
-  MLP (width 256, depth 4), Adam 1e-3 with cosine decay to 0, batch 256 of fresh data each step, EMA 0.995
-  (evaluated). Judged by sliced Wasserstein-2 (SW) and energy distance (ED) of 5000 samples against 5000 fresh
+- 2-D data (checkerboard, moons, ...) and the Gaussian: the quickstart's recipe (configs/quickstart.yaml) as it was
+  until 2026-12-02, the 2-D MLP (width 256, depth 4), Adam 1e-3 with cosine decay to 0, batch 256 of fresh data
+  each step, EMA 0.995 (evaluated). The quickstart now trains at 3e-3: ``--recipe lr=3e-3`` (the results of
+  docs/benchmarks.md, section 2, keep their recipe, so an interrupted run still continues them). Judged by sliced Wasserstein-2 (SW) and energy distance (ED) of 5000 samples against 5000 fresh
   data samples, at 1 and 2 steps (and 100 for flow matching); on the Gaussian, the RMS error of the K-step map
   against the exact flow map Phi_{1->0}(e) (DESIGN.md section 1b) instead.
 - ``ode`` (gradient flow from noisy endpoints, configs/ode/) and ``control`` (point mass supervised with its
@@ -26,6 +27,7 @@ step count scaled by the ratio.
 
     python benchmarks/quality.py [--steps N] [--seeds 5] [--workers 2] [--budget steps|time]
         [--datasets checkerboard moons gaussian ode control digits] [--methods NAME ...] [--out benchmarks/results]
+        [--recipe lr=2e-3 ema_decay=0.999 time_scale=1 ...]
 """
 
 import argparse
@@ -59,12 +61,13 @@ class Toy:
     """2-D data from ``mmf_lightning.distributions``, or the Gaussian with its closed-form flow map."""
 
     lr, batch_size, ema_decay, steps, paired = 1e-3, 256, 0.995, 3000, False
+    net_kwargs: dict = {}  # set by ``--recipe`` (e.g. time_scale=1)
 
     def __init__(self, name: str):
         self.name = name
 
     def make_net(self):
-        return MLP(dim=2, width=256, depth=4)
+        return MLP(dim=2, width=256, depth=4, **self.net_kwargs)
 
     def draw(self, n: int, g: torch.Generator) -> torch.Tensor:
         return sample_distribution(self.name, n, g, **(GAUSSIAN if self.name == "gaussian" else {}))
@@ -149,7 +152,7 @@ class Digits(Toy):
     def make_net(self):
         return UNet(
             in_channels=1, image_size=8, channels=32, channel_mult=(1, 2), num_res_blocks=1,
-            attention_resolutions=(), dropout=0.0,
+            attention_resolutions=(), dropout=0.0, **self.net_kwargs,
         )  # fmt: skip
 
     def batch(self, g: torch.Generator) -> dict:
@@ -178,8 +181,30 @@ def task_class(name: str) -> type[Toy]:
     return Trajectories if name in ("ode", "control") else Digits if name == "digits" else Toy
 
 
-def task(name: str) -> Toy:
-    return task_class(name)(name)
+RECIPE_KEYS = ("lr", "batch_size", "ema_decay")  # the rest of a --recipe goes to the network
+
+
+def task(name: str, recipe: dict | None = None) -> Toy:
+    """The task, with ``recipe`` (``--recipe``) overriding its optimizer, batch, EMA or network settings."""
+    data = task_class(name)(name)
+    data.net_kwargs = {}
+    for key, value in (recipe or {}).items():
+        if key in RECIPE_KEYS:
+            setattr(data, key, type(getattr(data, key))(value))
+        else:
+            data.net_kwargs[key] = value
+    return data
+
+
+def parse_recipe(items: list[str]) -> dict:
+    """``["lr=2e-3", "time_scale=1"]`` -> ``{"lr": 2e-3, "time_scale": 1.0}``, checked on every task's network."""
+    recipe = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--recipe takes KEY=VALUE items, got {item!r}")
+        recipe[key] = int(value) if value.lstrip("-").isdigit() else float(value)
+    return recipe
 
 
 TASKS = [*DISTRIBUTIONS, "gaussian", "ode", "control", "digits"]
@@ -221,10 +246,10 @@ def train(method_name: str, data: Toy, seed: int, steps: int):
 
 
 def run(job):
-    method_name, dataset, seed, steps = job
+    method_name, dataset, seed, steps, recipe = job
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    data = task(dataset)
+    data = task(dataset, recipe)
     net, method, losses = train(method_name, data, seed, steps)
     res = data.evaluate(method, net, (1, 2, 100) if method_name in FLOW_MATCHING else (1, 2), seed)
     res["loss_var"] = statistics.variance(losses[-max(2, steps // 3) :])
@@ -303,11 +328,24 @@ def main():
     p.add_argument("--budget", choices=("steps", "time"), default="steps")
     p.add_argument("--datasets", nargs="+", default=["checkerboard", "moons", "gaussian"], choices=TASKS)
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument(
+        "--recipe",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"change the tasks' recipe for every method ({', '.join(RECIPE_KEYS)}, or a network argument such "
+        "as time_scale); results go to quality_<budget>_<recipe>.*",
+    )
     p.add_argument("--out", default=str(Path(__file__).parent / "results"), help="folder for the results")
     args = p.parse_args()
+    recipe = parse_recipe(args.recipe)
+    if recipe and args.budget == "time":
+        p.error("--recipe applies to --budget steps only (the step times are measured with the task's recipe)")
+    for d in args.datasets:
+        task(d, recipe).make_net()  # a wrong key fails here, before any run
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"quality_{args.budget}"
+    stem = out / "_".join([f"quality_{args.budget}", *args.recipe])
     if args.budget == "time":
         if len(args.datasets) != 1:
             p.error("--budget time measures the step times on one task: give one dataset")
@@ -316,27 +354,28 @@ def main():
         steps = {(m, args.datasets[0]): n for m, n in counts.items()}
     else:
         steps = {(m, d): args.steps or task_class(d).steps for m in args.methods for d in args.datasets}
-    results = _done(stem.with_suffix(".jsonl"))  # finished jobs of an earlier, interrupted run are kept
+    jsonl = stem.with_name(stem.name + ".jsonl")  # not with_suffix: a recipe value such as 0.999 has a dot
+    results = _done(jsonl)  # finished jobs of an earlier, interrupted run are kept
     paired = [d for d in args.datasets if task_class(d).paired]
     skipped = sorted(m for m in args.methods if m in PEERS) if paired else []
     if skipped:
         print(f"the peers {skipped} skip the trajectory tasks (they cannot read a paired start or a path)")
     jobs = [
-        (m, d, s, steps[m, d])
+        (m, d, s, steps[m, d], recipe)
         for s in range(args.seeds)
         for d in args.datasets
         for m in args.methods
         if not (m in PEERS and task_class(d).paired)
     ]
     jobs = [j for j in jobs if results.get(j[:3], {}).get("steps") != j[3]]
-    print(f"{len(jobs)} runs to do ({len(results)} already in {stem}.jsonl)", flush=True)
+    print(f"{len(jobs)} runs to do ({len(results)} already in {jsonl})", flush=True)
     t0 = time.perf_counter()
     with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(run, job) for job in jobs]
         for i, future in enumerate(as_completed(futures), 1):
             m, d, s, res, secs = future.result()
             results[(m, d, s)] = res
-            with stem.with_suffix(".jsonl").open("a") as f:
+            with jsonl.open("a") as f:
                 f.write(json.dumps([m, d, s, res]) + "\n")
             shown = ", ".join(f"{k} {v:.3f}" for k, v in res.items() if k != "steps")
             print(
@@ -348,7 +387,7 @@ def main():
     print(table)
     md = stem.with_name(f"{stem.name}_{'_'.join(args.datasets)}.md")
     md.write_text(f"`python benchmarks/quality.py {' '.join(sys.argv[1:])}`\n" + table + "\n")
-    print(f"\nwrote {stem}.jsonl and {md}")
+    print(f"\nwrote {jsonl} and {md}")
 
 
 def _equal_time_steps(args, path: Path) -> dict[str, int]:
