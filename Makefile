@@ -52,7 +52,8 @@ bench-quick: $(BENCH_STAMP)
 	cd benchmarks && ../$(PY) jvp_cost.py --channels 64 --num_res_blocks 2 --repeats 2
 
 # Sample quality at equal steps and at equal wall-clock time on 2-D data (5 seeds), the ODE and control
-# trajectories (5 seeds) and the digits (3 seeds): the runs behind docs/benchmarks.md (about 4 hours on 2 cores); results in benchmarks/results/, and an interrupted
+# trajectories (5 seeds), the recipe study and the digits (3 seeds): the runs behind docs/benchmarks.md (about 6 hours
+# on 2 cores); results in benchmarks/results/, and an interrupted
 # run continues where it stopped.
 bench-quality: $(BENCH_STAMP)
 	cd benchmarks && ../$(PY) quality.py --datasets checkerboard moons
@@ -63,7 +64,13 @@ bench-quality: $(BENCH_STAMP)
 	cd benchmarks && ../$(PY) quality.py --budget time --datasets checkerboard \
 		--methods fm meanflow_stopgrad recommended peer_meanflow
 	cd benchmarks && ../$(PY) quality.py --datasets ode control \
-		--methods fm meanflow_stopgrad mmf_lam1 mmf_curriculum recommended
+		--methods fm meanflow_stopgrad mmf_lam1 mmf_curriculum recommended recommended_half_fm
+	for recipe in lr=2e-3 lr=3e-3 ema_decay=0.999 "lr=2e-3 ema_decay=0.999"; do \
+		cd benchmarks && ../$(PY) quality.py --datasets checkerboard moons --methods recommended peer_meanflow \
+			--recipe $$recipe && cd .. || exit 1; done
+	cd benchmarks && ../$(PY) quality.py --datasets checkerboard moons --methods recommended_half_fm --recipe lr=2e-3
+	cd benchmarks && ../$(PY) quality.py --datasets checkerboard moons --methods fm recommended --seeds 3 \
+		--steps 10000 --recipe lr=2e-3 --out results/steps_10000
 	cd benchmarks && ../$(PY) quality.py --datasets digits --steps 600 --seeds 3 \
 		--methods fm meanflow_stopgrad recommended peer_meanflow
 	cd benchmarks && ../$(PY) plot_quality.py results/quality_steps.jsonl ../docs/toy_quality_steps.png

@@ -5,9 +5,10 @@ Tasks (``--datasets``), each with the recipe of its quickstart-style config:
 - 2-D data (checkerboard, moons, ...) and the Gaussian: the quickstart's recipe (configs/quickstart.yaml) as it was
   until 2026-12-02, the 2-D MLP (width 256, depth 4), Adam 1e-3 with cosine decay to 0, batch 256 of fresh data
   each step, EMA 0.995 (evaluated). The quickstart now trains at 3e-3: ``--recipe lr=3e-3`` (the results of
-  docs/benchmarks.md, section 2, keep their recipe, so an interrupted run still continues them). Judged by sliced Wasserstein-2 (SW) and energy distance (ED) of 5000 samples against 5000 fresh
-  data samples, at 1 and 2 steps (and 100 for flow matching); on the Gaussian, the RMS error of the K-step map
-  against the exact flow map Phi_{1->0}(e) (DESIGN.md section 1b) instead.
+  docs/benchmarks.md, section 2, keep their recipe, so an interrupted run still continues them). Judged by sliced
+  Wasserstein-2 (SW) and energy distance (ED) of 5000 samples against 5000 fresh data samples, at 1 and 2 steps
+  (and 100 for flow matching); on the Gaussian, the RMS error of the K-step map against the exact flow map
+  Phi_{1->0}(e) (DESIGN.md section 1b) instead.
 - ``ode`` (gradient flow from noisy endpoints, configs/ode/) and ``control`` (point mass supervised with its
   trajectories, configs/control/): the same MLP and recipe on the task's 20 000 training trajectories. Judged
   by the RMS distance to the true path over the K-step chain's states from 5000 fresh starts (``traj_1`` is the

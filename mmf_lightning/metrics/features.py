@@ -7,12 +7,10 @@ features (N, F), for any H and W (torchmetrics probes it with a 299x299 image); 
 numbers from any other extractor compare runs with each other, never with papers.
 """
 
-import hashlib
-import io
-
 import torch
 from torch import nn
 
+from mmf_lightning.metrics.fingerprint import weights_hash
 from mmf_lightning.metrics.weights import resolve_weights
 
 
@@ -53,7 +51,5 @@ def freeze(extractor: nn.Module) -> nn.Module:
 
 def extractor_id(extractor: nn.Module) -> str:
     """A name for caches: the class and a hash of the weights (a retrained extractor gets new stats)."""
-    buffer = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in extractor.state_dict().items()}, buffer)
     inner = extractor.extractor if isinstance(extractor, RGB) else extractor
-    return f"{type(inner).__name__}-{hashlib.sha1(buffer.getvalue()).hexdigest()[:12]}"
+    return f"{type(inner).__name__}-{weights_hash(extractor)}"

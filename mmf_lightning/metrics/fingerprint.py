@@ -18,6 +18,7 @@ are not in the fingerprint: such a set must define ``fingerprint()``.
 """
 
 import hashlib
+import io
 import os
 import types
 from pathlib import Path
@@ -31,6 +32,14 @@ _CHUNK = 64 << 20  # bytes hashed at a time
 _PROGRESS_FILES = 20_000  # stat'ing more files than this shows a progress bar
 _PROGRESS_BYTES = 1 << 30  # hashing more bytes than this shows a progress bar
 _MAX_DEPTH = 12
+
+
+def weights_hash(module: nn.Module) -> str:
+    """12 hex digits of a SHA-1 over a module's state dict (as ``torch.save`` writes it): a retrained or
+    other network gets another hash. Keys the FID statistics' and the latents' caches."""
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, buffer)
+    return hashlib.sha1(buffer.getvalue()).hexdigest()[:12]
 
 
 def dataset_fingerprint(dataset) -> str:

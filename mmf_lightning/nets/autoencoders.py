@@ -10,20 +10,11 @@ Interface: ``encode(x: (B, C, H, W) in [-1, 1]) -> (B, c, h, w)`` and ``decode((
   tests and small experiments.
 """
 
-import hashlib
-import io
-
 import torch
 from torch import nn
 
 from mmf_lightning.config import RecordsInit
-
-
-def weights_hash(module: nn.Module) -> str:
-    """A short hash of a module's weights."""
-    buffer = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, buffer)
-    return hashlib.sha1(buffer.getvalue()).hexdigest()[:12]
+from mmf_lightning.metrics.fingerprint import weights_hash
 
 
 class ConvAutoencoder(RecordsInit, nn.Module):
