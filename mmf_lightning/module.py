@@ -314,7 +314,13 @@ class MeanFlowModule(L.LightningModule):
             x = b["x"]
             b["e"] = self.source.sample(x.shape[0], x.shape[1:], device=x.device).to(x.dtype)
         out = self.objective(
-            net or self.net, b["x"], self._labels(b), lam=self.lam, step=self.global_step, e=b["e"], path=b["path"]
+            self.net if net is None else net,
+            b["x"],
+            self._labels(b),
+            lam=self.lam,
+            step=self.global_step,
+            e=b["e"],
+            path=b["path"],
         )
         return b["x"], out
 
