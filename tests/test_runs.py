@@ -105,7 +105,12 @@ def test_two_wandb_runs_in_one_save_dir_stay_apart(tmp_path, monkeypatch):
 def test_a_tensorboard_run_has_its_folder_scalars_and_pictures(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    cli = _fit(tmp_path, "--trainer.logger=TensorBoardLogger", f"--trainer.default_root_dir={tmp_path / 'tb'}")
+    cli = _fit(
+        tmp_path,
+        "--trainer.logger=TensorBoardLogger",
+        f"--trainer.default_root_dir={tmp_path / 'tb'}",
+        "--model.lr=1e-3",
+    )
     folder = Path(cli.trainer.logger.log_dir)
     assert folder.parent.parent == tmp_path / "tb"  # <save_dir>/<name>/version_<n>, moved by default_root_dir
     _check_run_folder(folder, 1e-3, 1024)
