@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from mmf_lightning.config import check_count
 from mmf_lightning.data.base import DataModuleBase, DictDataset
 from mmf_lightning.data.images import ImageDataModule
+from mmf_lightning.files import atomic_write, file_lock
 from mmf_lightning.metrics.fingerprint import dataset_fingerprint
 
 
@@ -82,22 +83,23 @@ class LatentDataModule(DataModuleBase):
 
     def encoded(self, split: str) -> dict[str, torch.Tensor]:
         """{"z": unscaled latents (N, c, h, w), "y": labels (N,)} of the image DataModule's ``split``, from the cache
-        or encoded now (and cached: written to a temporary file and renamed, so a crash leaves no half file)."""
+        or encoded now and cached (``files``: under a lock, written whole and renamed into place)."""
         dataset = self.images.reference_set(split)
         path = self.cache_file(split, dataset)
         if path.is_file():
             return torch.load(path, map_location="cpu", weights_only=True)
-        zs, ys = [], []
-        loader = DataLoader(dataset, batch_size=self.encode_batch_size, shuffle=False)
-        with torch.no_grad():
-            for batch in tqdm(loader, desc=f"encoding the {split} images", unit="batch", leave=False):
-                zs.append(self.autoencoder.encode(batch["x"]).float())
-                ys.append(batch["y"])
-        out = {"z": torch.cat(zs), "y": torch.cat(ys)}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + f".{torch.randint(1 << 30, ()).item()}.partial")
-        torch.save(out, partial)
-        partial.replace(path)
+        with file_lock(path):  # one process encodes; the others wait, then read its file
+            if path.is_file():
+                return torch.load(path, map_location="cpu", weights_only=True)
+            zs, ys = [], []
+            loader = DataLoader(dataset, batch_size=self.encode_batch_size, shuffle=False)
+            with torch.no_grad():
+                for batch in tqdm(loader, desc=f"encoding the {split} images", unit="batch", leave=False):
+                    zs.append(self.autoencoder.encode(batch["x"]).float())
+                    ys.append(batch["y"])
+            out = {"z": torch.cat(zs), "y": torch.cat(ys)}
+            with atomic_write(path) as tmp:
+                torch.save(out, tmp)
         rank_zero_info(f"encoded {len(out['z'])} {split} images to {tuple(out['z'].shape[1:])} latents: {path}")
         return out
 
