@@ -66,6 +66,7 @@ class LatentDataModule(DataModuleBase):
         self.scale: float | None = scale
         self.num_classes = getattr(images, "num_classes", None)
         self._data_shape: tuple[int, ...] | None = None
+        self._autoencoder_id: str | None = None  # a hash of its weights: computed once (SD's VAE: 330 MB)
 
     @property
     def data_shape(self) -> tuple[int, ...]:
@@ -78,7 +79,9 @@ class LatentDataModule(DataModuleBase):
 
     # -- the cache ------------------------------------------------------------------------------
     def cache_file(self, split: str, dataset: Dataset) -> Path:
-        key = f"{type(self.images).__name__}|{split}|{dataset_fingerprint(dataset)}|{self.autoencoder.identity()}"
+        if self._autoencoder_id is None:
+            self._autoencoder_id = self.autoencoder.identity()
+        key = f"{type(self.images).__name__}|{split}|{dataset_fingerprint(dataset)}|{self._autoencoder_id}"
         return self.cache_dir / f"{type(self.images).__name__}-{split}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
 
     def encoded(self, split: str) -> dict[str, torch.Tensor]:
