@@ -179,7 +179,7 @@ COMPILED = ("fm", "recommended")
 
 def measure_compile(args) -> tuple[dict, dict, dict]:
     """(median step time per row, compilation seconds per method, |compiled - eager| of the first loss)."""
-    steps, compile_s, loss_diff = {}, {}, {}
+    steps, compile_s, first_loss = {}, {}, {}
     for name in COMPILED:
         for kind in ("eager", "compiled"):
             net, x, e, _, _ = build(args)
@@ -189,15 +189,13 @@ def measure_compile(args) -> tuple[dict, dict, dict]:
             step = lambda net=net, m=method, opt=opt, x=x: run_step(net, lambda: m.loss({"x": x}, 2000), opt)  # noqa: E731
             torch.manual_seed(2)
             t0 = time.perf_counter()
-            first = method.loss({"x": x}, 2000).item()
+            first_loss[kind, name] = method.loss({"x": x}, 2000).item()
             for _ in range(4):  # the times' split point varies: shapes settle after a recompilation
                 step()
             if kind == "compiled":
                 compile_s[name] = time.perf_counter() - t0
-                loss_diff[name] = abs(first - loss_diff[name])
-            else:
-                loss_diff[name] = first
             steps[f"{kind}:{name}"] = step
+    loss_diff = {name: abs(first_loss["compiled", name] - first_loss["eager", name]) for name in COMPILED}
     return interleaved_medians(steps, args.repeats, args.inner), compile_s, loss_diff
 
 
