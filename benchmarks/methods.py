@@ -32,8 +32,10 @@ from torch import nn
 
 from mmf_lightning import sampling
 from mmf_lightning.objectives import (
+    AlphaFlow,
     ConsistencyTraining,
     Constant,
+    CosineWarmup,
     FlowMatching,
     LinearWarmup,
     ModularMeanFlow,
@@ -51,12 +53,16 @@ class Method:
         return sampling.sample(net, self.objective, e, steps)
 
 
-def ours(objective: Objective, lam: float | str = 0.0) -> Callable[[nn.Module, int], Method]:
+def ours(objective: Objective, lam: float | str | Callable = 0.0) -> Callable[[nn.Module, int], Method]:
     """One of our objectives at a constant ``lam``, or with ``lam="curriculum"``: lambda rising linearly from
-    0 to 1 over the first third of the run (1000 of the quickstart's 3000 steps), as the LambdaScheduler does."""
+    0 to 1 over the first third of the run (1000 of the quickstart's 3000 steps), as the LambdaScheduler does;
+    or ``lam(total_steps)``, a schedule."""
 
     def make(net: nn.Module, total_steps: int) -> Method:
-        schedule = LinearWarmup(max(1, total_steps // 3)) if lam == "curriculum" else Constant(lam)
+        if callable(lam):
+            schedule = lam(total_steps)
+        else:
+            schedule = LinearWarmup(max(1, total_steps // 3)) if lam == "curriculum" else Constant(lam)
 
         def loss(b, step):
             return objective(net, b["x"], step=step, lam=schedule(step), e=b.get("e"), path=b.get("path")).loss
@@ -155,6 +161,16 @@ METHODS: dict[str, tuple[str, Callable[[nn.Module, int], Method]]] = {
         ours(ModularMeanFlow("instantaneous", QUICKSTART_TIMES), "curriculum"),
     ),
     "consistency": ("consistency training", consistency),
+    # the newer recipes (configs/recipes/): iMF's v-loss without its guidance input, and alpha-Flow's curriculum
+    # over the first half of the run (configs/recipes/alphaflow_checkerboard.yaml)
+    "imf": (
+        "iMF v-loss = MMF lambda = 0, instantaneous tangent",
+        ours(ModularMeanFlow("instantaneous", QUICKSTART_TIMES)),
+    ),
+    "alphaflow": (
+        "alpha-Flow curriculum (trajectory FM -> MeanFlow)",
+        ours(AlphaFlow(time_sampler=QUICKSTART_TIMES), lambda total: CosineWarmup(max(1, total // 2))),
+    ),
     "peer_meanflow": ("peer: rectified-flow-pytorch MeanFlow", peer_meanflow),
     "peer_rectified_flow": ("peer: rectified-flow-pytorch RectifiedFlow", peer_rectified_flow),
     "peer_torchcfm": ("peer: torchcfm ConditionalFlowMatcher", peer_torchcfm),

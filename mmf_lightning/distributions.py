@@ -15,20 +15,32 @@ def checkerboard(n: int, g: torch.Generator) -> torch.Tensor:
     return torch.stack([x1, x2], dim=1)
 
 
-def moons(n: int, g: torch.Generator, noise: float = 0.05) -> torch.Tensor:
-    """Two interleaved half circles, centred and scaled to about [-2, 2]."""
+def labelled_moons(n: int, g: torch.Generator, noise: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two interleaved half circles, centred and scaled to about [-2, 2]; label 0 the upper, 1 the lower."""
     s = torch.rand(n, generator=g) * math.pi
     upper = torch.rand(n, generator=g) < 0.5
     x = torch.where(upper, torch.cos(s), 1 - torch.cos(s))
     y = torch.where(upper, torch.sin(s), 0.5 - torch.sin(s))
     pts = torch.stack([x - 0.5, y - 0.25], dim=1) * 1.6
-    return pts + noise * torch.randn(n, 2, generator=g)
+    return pts + noise * torch.randn(n, 2, generator=g), (~upper).long()
 
 
-def eight_gaussians(n: int, g: torch.Generator, radius: float = 2.0, std: float = 0.1) -> torch.Tensor:
-    k = torch.randint(0, 8, (n,), generator=g).float()
-    centres = radius * torch.stack([torch.cos(k * math.pi / 4), torch.sin(k * math.pi / 4)], dim=1)
-    return centres + std * torch.randn(n, 2, generator=g)
+def labelled_eight_gaussians(
+    n: int, g: torch.Generator, radius: float = 2.0, std: float = 0.1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eight Gaussians on a circle of ``radius``; the label is the component (0 at angle 0, counter-clockwise)."""
+    k = torch.randint(0, 8, (n,), generator=g)
+    angle = k.float() * math.pi / 4
+    centres = radius * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
+    return centres + std * torch.randn(n, 2, generator=g), k
+
+
+def moons(n: int, g: torch.Generator) -> torch.Tensor:
+    return labelled_moons(n, g)[0]
+
+
+def eight_gaussians(n: int, g: torch.Generator) -> torch.Tensor:
+    return labelled_eight_gaussians(n, g)[0]
 
 
 def circles(n: int, g: torch.Generator, noise: float = 0.03) -> torch.Tensor:
@@ -53,6 +65,8 @@ DISTRIBUTIONS = {
     "circles": circles,
     "spirals": spirals,
 }
+# distributions with a natural class label: name -> (sampler returning (x, labels), number of classes)
+LABELLED = {"moons": (labelled_moons, 2), "eight_gaussians": (labelled_eight_gaussians, 8)}
 
 
 def sample_distribution(

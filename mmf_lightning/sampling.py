@@ -12,6 +12,7 @@ import math
 import torch
 from torch import nn
 
+from mmf_lightning.nets.embeddings import GuidedLabels
 from mmf_lightning.objectives.base import Objective
 
 
@@ -43,9 +44,29 @@ class ClassifierFreeGuidance(nn.Module):
         return u_null + self.scale * (u_y - u_null)
 
 
+class GuidanceInput(nn.Module):
+    """A net built with ``guidance_input`` (trained with ``ModularMeanFlow(guidance_range=...)``, improved
+    MeanFlow's recipe), told to produce its velocity at guidance scale w: one forward per jump."""
+
+    def __init__(self, net: nn.Module, scale: float):
+        super().__init__()
+        if not math.isfinite(scale):
+            raise ValueError(f"the guidance scale must be finite, got {scale}")
+        self.net, self.scale = net, float(scale)
+        self.num_classes, self.data_shape = net.num_classes, getattr(net, "data_shape", None)
+
+    def forward(self, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None):
+        if y is None:
+            raise ValueError("guidance needs labels y")
+        return self.net(z, r, t, GuidedLabels(y, torch.full(y.shape, self.scale, device=y.device)))
+
+
 def guided(net: nn.Module, scale: float = 1.0) -> nn.Module:
-    """``net`` itself at scale 1, else ``ClassifierFreeGuidance(net, scale)``."""
-    return net if scale == 1.0 else ClassifierFreeGuidance(net, scale)
+    """``net`` itself at scale 1; else ``GuidanceInput(net, scale)`` for a net that takes the scale as an input,
+    and ``ClassifierFreeGuidance(net, scale)`` for any other class-conditional net."""
+    if scale == 1.0:
+        return net
+    return GuidanceInput(net, scale) if getattr(net, "guidance_input", False) else ClassifierFreeGuidance(net, scale)
 
 
 def time_grid(steps: int, t_max: float = 1.0, device=None) -> torch.Tensor:

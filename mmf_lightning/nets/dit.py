@@ -17,7 +17,7 @@ from torch import nn
 
 from mmf_lightning.config import RecordsInit
 from mmf_lightning.nets.attention import jvp_safe_attention
-from mmf_lightning.nets.embeddings import ClassEmbedding, TimePairEmbedding
+from mmf_lightning.nets.embeddings import TimePairEmbedding, class_embedding
 from mmf_lightning.nets.jvp_layers import LayerNorm
 from mmf_lightning.nets.shapes import check_input
 
@@ -84,6 +84,7 @@ class DiT(RecordsInit, nn.Module):
         patch_size: side of the square patches; image_size must be divisible by it.
         width, depth, heads, mlp_ratio: the transformer (DiT-S/2: 384, 12, 6, 4; DiT-B/2: 768, 12, 12, 4).
         num_classes: class-conditional with a null label ``num_classes`` (for guidance), or None.
+        guidance_input: the guidance scale is an input too (``embeddings.GuidedLabels``; improved MeanFlow).
         time_dim: frequencies of the (t, t - r) sinusoidal features; ``time_scale``: see
             ``embeddings.SinusoidalEmbedding``.
     """
@@ -100,6 +101,7 @@ class DiT(RecordsInit, nn.Module):
         num_classes: int | None = None,
         time_dim: int = 256,
         time_scale: float = 10.0,
+        guidance_input: bool = False,
     ):
         super().__init__()
         if image_size % patch_size:
@@ -112,7 +114,8 @@ class DiT(RecordsInit, nn.Module):
         self.patchify = nn.Conv2d(in_channels, width, patch_size, stride=patch_size)
         self.register_buffer("pos", sincos_position_embedding(width, self.grid), persistent=False)
         self.time_embed = TimePairEmbedding(time_dim, width, time_scale)
-        self.class_embed = ClassEmbedding(num_classes, width) if num_classes else None
+        self.class_embed = class_embedding(num_classes, width, guidance_input)
+        self.guidance_input = guidance_input
         self.blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio) for _ in range(depth))
         self.final_norm = LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))

@@ -1,6 +1,7 @@
 """Time and class embeddings shared by the velocity networks."""
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -64,26 +65,61 @@ class TimePairEmbedding(nn.Module):
         return linear_jvp(self.mlp[2], h, dh)
 
 
+class GuidedLabels(NamedTuple):
+    """The label input of a net built with ``guidance_input``: class labels (B,) long and the guidance scale
+    w (B,) float the net should produce its velocity at (improved MeanFlow's guidance conditioning). A plain
+    label tensor means w = 1 (no guidance)."""
+
+    labels: torch.Tensor
+    scale: torch.Tensor
+
+    def rows(self, index) -> "GuidedLabels":
+        return GuidedLabels(self.labels[index], self.scale[index])
+
+
 class ClassEmbedding(nn.Module):
     """Label embedding with one extra "null" row for label dropout and guidance.
 
-    Label ``num_classes`` (== ``null_label``) means "unconditional".
-    ``forward(y: (B,) long) -> (B, dim)``.
+    Label ``num_classes`` (== ``null_label``) means "unconditional". With ``guidance_input`` the
+    guidance scale w is an input too (``GuidedLabels``): sinusoidal features of w - 1 through an MLP, added to
+    the label's embedding, so a net trained over a range of w (``ModularMeanFlow(guidance_range=...)``)
+    is guided at sampling time in one forward.
+    ``forward(y: (B,) long | GuidedLabels) -> (B, dim)``.
     """
 
-    def __init__(self, num_classes: int, dim: int):
+    def __init__(self, num_classes: int, dim: int, guidance_input: bool = False):
         super().__init__()
         self.num_classes = num_classes
         self.embed = nn.Embedding(num_classes + 1, dim)
+        self.scale_embed = (
+            nn.Sequential(SinusoidalEmbedding(dim, scale=1.0), nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+            if guidance_input
+            else None
+        )
 
     @property
     def null_label(self) -> int:
         return self.num_classes
 
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        if y.dtype not in (torch.int32, torch.int64):
-            raise TypeError(f"class labels must be integer, got dtype {y.dtype}")
-        if (y < 0).any() or (y > self.num_classes).any():
-            bad = y[(y < 0) | (y > self.num_classes)][0].item()
+    def forward(self, y: torch.Tensor | GuidedLabels) -> torch.Tensor:
+        labels, scale = y if isinstance(y, GuidedLabels) else (y, None)
+        if labels.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"class labels must be integer, got dtype {labels.dtype}")
+        if (labels < 0).any() or (labels > self.num_classes).any():
+            bad = labels[(labels < 0) | (labels > self.num_classes)][0].item()
             raise ValueError(f"class label {bad} outside [0, {self.num_classes}] (num_classes={self.num_classes})")
-        return self.embed(y)
+        emb = self.embed(labels)
+        if self.scale_embed is None:
+            if scale is not None:
+                raise ValueError("got a guidance scale input, but the network was built without guidance_input")
+            return emb
+        if scale is None:
+            scale = torch.ones(labels.shape, device=labels.device)
+        return emb + self.scale_embed(scale - 1)
+
+
+def class_embedding(num_classes: int | None, dim: int, guidance_input: bool) -> ClassEmbedding | None:
+    """A net's class embedding, or None for an unconditional net (which cannot take a guidance scale)."""
+    if guidance_input and not num_classes:
+        raise ValueError("guidance_input needs a class-conditional network: set num_classes")
+    return ClassEmbedding(num_classes, dim, guidance_input) if num_classes else None

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from mmf_lightning.config import RecordsInit
-from mmf_lightning.nets.embeddings import ClassEmbedding, TimePairEmbedding
+from mmf_lightning.nets.embeddings import TimePairEmbedding, class_embedding
 from mmf_lightning.nets.jvp_layers import linear_jvp, silu_jvp
 from mmf_lightning.nets.shapes import check_input
 
@@ -14,7 +14,8 @@ class MLP(RecordsInit, nn.Module):
 
     The (t, t - r) embedding (and the class embedding) is concatenated to z and fed to a
     SiLU MLP of ``depth`` hidden layers of ``width`` units. ``time_scale``: see
-    ``embeddings.SinusoidalEmbedding``.
+    ``embeddings.SinusoidalEmbedding``. ``guidance_input``: the guidance scale is an input too
+    (``embeddings.GuidedLabels``; improved MeanFlow).
 
     ``jvp`` gives (u, du) along a tangent in plain ops, which ``objectives.u_and_dudt`` uses instead of
     ``torch.func.jvp`` whenever ``has_explicit_jvp``: on this net it is much cheaper (docs/benchmarks.md).
@@ -29,6 +30,7 @@ class MLP(RecordsInit, nn.Module):
         num_classes: int | None = None,
         dropout: float = 0.0,
         time_scale: float = 10.0,
+        guidance_input: bool = False,
     ):
         super().__init__()
         if depth < 1:
@@ -36,7 +38,8 @@ class MLP(RecordsInit, nn.Module):
         self.data_shape = (dim,)
         self.num_classes = num_classes
         self.time_embed = TimePairEmbedding(time_dim, time_dim, time_scale)
-        self.class_embed = ClassEmbedding(num_classes, time_dim) if num_classes else None
+        self.class_embed = class_embedding(num_classes, time_dim, guidance_input)
+        self.guidance_input = guidance_input
         layers: list[nn.Module] = []
         in_dim = dim + time_dim
         for _ in range(depth):

@@ -11,7 +11,7 @@ from torch import nn
 
 from mmf_lightning.config import RecordsInit
 from mmf_lightning.nets.attention import SpatialSelfAttention
-from mmf_lightning.nets.embeddings import ClassEmbedding, TimePairEmbedding
+from mmf_lightning.nets.embeddings import TimePairEmbedding, class_embedding
 from mmf_lightning.nets.jvp_layers import Conv2d, GroupNorm, SiLU
 from mmf_lightning.nets.shapes import check_input
 
@@ -53,6 +53,7 @@ class UNet(RecordsInit, nn.Module):
         attention_resolutions: feature-map sizes (e.g. 16) that get self-attention.
         dropout: dropout inside residual blocks.
         num_classes: enables class conditioning (label ``num_classes`` is the null label).
+        guidance_input: the guidance scale is an input too (``embeddings.GuidedLabels``; improved MeanFlow).
         num_heads: attention heads.
         groups: GroupNorm groups.
         time_scale: t and t - r are multiplied by this before the sinusoidal features (see
@@ -72,6 +73,7 @@ class UNet(RecordsInit, nn.Module):
         num_heads: int = 1,
         groups: int = 32,
         time_scale: float = 10.0,
+        guidance_input: bool = False,
     ):
         super().__init__()
         levels = len(channel_mult)
@@ -85,7 +87,8 @@ class UNet(RecordsInit, nn.Module):
         self.num_classes = num_classes
         emb_dim = 4 * channels
         self.time_embed = TimePairEmbedding(channels, emb_dim, time_scale)
-        self.class_embed = ClassEmbedding(num_classes, emb_dim) if num_classes else None
+        self.class_embed = class_embedding(num_classes, emb_dim, guidance_input)
+        self.guidance_input = guidance_input
 
         self.stem = Conv2d(in_channels, channels, 3, padding=1)
         self.down = nn.ModuleList()

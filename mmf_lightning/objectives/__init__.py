@@ -1,6 +1,7 @@
 """Training objectives in plain torch (no Lightning): modular MeanFlow and its variants,
 flow matching, consistency training, (r, t) samplers and lambda schedules."""
 
+from mmf_lightning.objectives.alphaflow import AlphaFlow
 from mmf_lightning.objectives.base import Objective, ObjectiveOutput
 from mmf_lightning.objectives.consistency import ConsistencyTraining
 from mmf_lightning.objectives.flow_matching import FlowMatching
@@ -11,6 +12,7 @@ from mmf_lightning.objectives.schedules import Constant, CosineWarmup, LambdaSch
 from mmf_lightning.objectives.time_sampling import TimeSampler
 
 __all__ = [
+    "AlphaFlow",
     "Constant",
     "ConsistencyTraining",
     "CosineWarmup",

@@ -14,11 +14,13 @@ The JVP tangent dz (DESIGN.md section 1b):
                    velocity is a stationary point for every lam (our recommendation).
 """
 
+import math
 from typing import Literal
 
 import torch
 from torch import nn
 
+from mmf_lightning.nets.embeddings import GuidedLabels
 from mmf_lightning.objectives.base import Objective, ObjectiveOutput, default_path
 from mmf_lightning.objectives.jvp import u_and_dudt
 from mmf_lightning.objectives.paths import expand_like
@@ -72,6 +74,10 @@ class ModularMeanFlow(Objective):
             the null label ``net.num_classes`` (for guidance).
         guidance_scale: MeanFlow's training-time guidance w: the target velocity becomes
             w * v + (1 - w) * stopgrad u(z, t, t | null) on labelled rows; 1 disables it.
+        guidance_range: improved MeanFlow's guidance as an input (arXiv 2512.02012): each labelled row draws
+            its own w uniformly from [low, high], the net (built with ``guidance_input``) is told w
+            (``GuidedLabels``), and the target is guided with that w. Sampling then picks w in one forward
+            (``sampling.guided``). Exclusive with ``guidance_scale``.
     """
 
     uses_lambda = True
@@ -84,6 +90,7 @@ class ModularMeanFlow(Objective):
         weighting_eps: float = 1e-3,
         label_dropout: float = 0.0,
         guidance_scale: float = 1.0,
+        guidance_range: tuple[float, float] | None = None,
     ):
         if tangent not in TANGENTS:
             raise ValueError(f"tangent must be one of {TANGENTS}, got {tangent!r}")
@@ -99,11 +106,17 @@ class ModularMeanFlow(Objective):
         self.weighting_eps = weighting_eps
         self.label_dropout = label_dropout
         self.guidance_scale = guidance_scale
+        self.guidance_range = check_guidance_range(guidance_range, guidance_scale)
 
     def check_net(self, net: nn.Module) -> None:
         if self.guidance_scale != 1.0 and not getattr(net, "num_classes", None):
             raise ValueError(
                 f"guidance_scale={self.guidance_scale} needs a class-conditional network: set the net's num_classes"
+            )
+        if self.guidance_range is not None and not getattr(net, "guidance_input", False):
+            raise ValueError(
+                f"guidance_range={list(self.guidance_range)} needs a network that takes the guidance scale as an "
+                f"input: build {type(net).__name__} with num_classes and guidance_input: true"
             )
 
     # -- labels and guidance -------------------------------------------------------------
@@ -114,17 +127,33 @@ class ModularMeanFlow(Objective):
         keep = torch.rand(y.shape[0], device=y.device) >= self.label_dropout
         return torch.where(keep, y, torch.full_like(y, net.num_classes)), keep
 
-    def _target_velocity(self, net, z, t, v, keep) -> torch.Tensor:
-        if self.guidance_scale == 1.0:
+    def _guidance_scales(self, y_in: torch.Tensor | None) -> torch.Tensor | None:
+        """Each row's guidance scale w (B,) under ``guidance_range``, else None."""
+        if self.guidance_range is None:
+            return None
+        if y_in is None:
+            raise ValueError(f"guidance_range={list(self.guidance_range)} needs labels y in the batch")
+        low, high = self.guidance_range
+        return low + (high - low) * torch.rand(y_in.shape[0], device=y_in.device)
+
+    def _target_velocity(self, net, z, t, v, keep, scale=None) -> torch.Tensor:
+        """``w v + (1 - w) stopgrad u(z, t, t | null)`` on the rows that kept their label, ``v`` elsewhere; ``w`` is
+        ``guidance_scale``, or each row's ``scale`` (B,) under ``guidance_range``."""
+        if scale is None and self.guidance_scale == 1.0:
             return v
         if keep is None:
             self.check_net(net)
             raise ValueError(f"guidance_scale={self.guidance_scale} needs labels y in the batch")
         null = torch.full((z.shape[0],), net.num_classes, device=z.device, dtype=torch.long)
+        w = self.guidance_scale if scale is None else expand_like(scale, v)
         with torch.no_grad():
-            u_uncond = net(z, t, t, null)
-        guided = self.guidance_scale * v + (1 - self.guidance_scale) * u_uncond
+            u_uncond = net(z, t, t, null if scale is None else GuidedLabels(null, scale))
+        guided = w * v + (1 - w) * u_uncond
         return torch.where(expand_like(keep, v), guided, v)
+
+    def row_weights(self, r: torch.Tensor, t: torch.Tensor, lam: float) -> torch.Tensor | float:
+        """A weight per row on top of the adaptive one (B,), or 1."""
+        return 1.0
 
     # -- the loss -----------------------------------------------------------------------
     def __call__(self, net, x, y=None, *, lam=0.0, step=0, e=None, path=None, r=None, t=None) -> ObjectiveOutput:
@@ -138,11 +167,14 @@ class ModularMeanFlow(Objective):
         else:
             check_times(r, t)
         y_in, keep = self._labels(net, y)
+        scale = self._guidance_scales(y_in)
         z, v = path(t)
-        v = self._target_velocity(net, z, t, v, keep)
+        v = self._target_velocity(net, z, t, v, keep, scale)
+        if scale is not None:
+            y_in = GuidedLabels(y_in, scale)
         residual = self.residual(net, z, r, t, v, y_in, lam, n_equal)
         per_sample = residual.square().flatten(1).sum(1)
-        weight = adaptive_weight(per_sample, self.weighting_power, self.weighting_eps)
+        weight = adaptive_weight(per_sample, self.weighting_power, self.weighting_eps) * self.row_weights(r, t, lam)
         return ObjectiveOutput(
             loss=(weight * per_sample).mean(),
             per_sample=per_sample.detach(),
@@ -191,5 +223,23 @@ class ModularMeanFlow(Objective):
         return u.to(dudt.dtype) + expand_like(t - r, z) * sg_lambda(dudt, lam) - v
 
 
-def _rows(y: torch.Tensor | None, rows) -> torch.Tensor | None:
-    return None if y is None else y[rows]
+def check_guidance_range(guidance_range, guidance_scale: float) -> tuple[float, float] | None:
+    if guidance_range is None:
+        return None
+    low, high = (float(w) for w in guidance_range)
+    if not (math.isfinite(low) and math.isfinite(high) and 0.0 <= low <= high):
+        raise ValueError(
+            f"guidance_range must be [low, high] with 0 <= low <= high, finite; got {list(guidance_range)}"
+        )
+    if guidance_scale != 1.0:
+        raise ValueError(
+            f"guidance_scale={guidance_scale} and guidance_range={list(guidance_range)}: choose one "
+            "(a fixed training-time scale, or the scale as a network input)"
+        )
+    return low, high
+
+
+def _rows(y: torch.Tensor | GuidedLabels | None, rows) -> torch.Tensor | GuidedLabels | None:
+    if y is None:
+        return None
+    return y.rows(rows) if isinstance(y, GuidedLabels) else y[rows]

@@ -59,3 +59,22 @@ def test_sources():
     with pytest.raises(ValueError, match=r"draws shape \(2,\), the data has \(3,\)"):
         Named("moons").sample(8, (3,))
     assert Named("moons") == Named("moons") and Named("moons") != Named("circles")
+
+
+def test_labelled_toys_keep_their_points_and_label_each_by_its_component():
+    plain, labelled = (
+        ToyDataModule("eight_gaussians", 4000, 10),
+        ToyDataModule("eight_gaussians", 4000, 10, labels=True),
+    )
+    plain.setup(), labelled.setup()
+    x, y = labelled.train_set.tensors["x"], labelled.train_set.tensors["y"]
+    assert torch.equal(x, plain.train_set.tensors["x"]) and labelled.num_classes == 8 and plain.num_classes is None
+    angle = torch.atan2(x[:, 1], x[:, 0]) % (2 * torch.pi)  # component k sits at angle k pi / 4
+    assert torch.equal(torch.round(angle / (torch.pi / 4)).long() % 8, y)
+    assert set(labelled.train_dataloader().__iter__().__next__()) == {"x", "y"}
+    moons = ToyDataModule("moons", 4000, 10, labels=True)
+    moons.setup()
+    x, y = moons.train_set.tensors["x"], moons.train_set.tensors["y"]
+    assert moons.num_classes == 2 and x[y == 0, 1].mean() > x[y == 1, 1].mean() + 0.5  # 0: the upper half circle
+    with pytest.raises(ValueError, match=r"labels: 'checkerboard' has no class labels; choose one of"):
+        ToyDataModule("checkerboard", labels=True)
