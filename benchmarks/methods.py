@@ -65,7 +65,9 @@ def ours(objective: Objective, lam: float | str | Callable = 0.0) -> Callable[[n
             schedule = LinearWarmup(max(1, total_steps // 3)) if lam == "curriculum" else Constant(lam)
 
         def loss(b, step):
-            return objective(net, b["x"], step=step, lam=schedule(step), e=b.get("e"), path=b.get("path")).loss
+            return objective(
+                net, b["x"], b.get("y"), step=step, lam=schedule(step), e=b.get("e"), path=b.get("path")
+            ).loss
 
         return Method(loss, objective)
 
@@ -159,6 +161,10 @@ METHODS: dict[str, tuple[str, Callable[[nn.Module, int], Method]]] = {
     "recommended": (
         "MMF curriculum, instantaneous tangent (recommended)",
         ours(ModularMeanFlow("instantaneous", QUICKSTART_TIMES), "curriculum"),
+    ),
+    "recommended_fd": (
+        "recommended, du/dt by central difference (h = 1e-3)",
+        ours(ModularMeanFlow("instantaneous", QUICKSTART_TIMES, finite_difference_step=1e-3), "curriculum"),
     ),
     "consistency": ("consistency training", consistency),
     # the newer recipes (configs/recipes/): iMF's v-loss without its guidance input, and alpha-Flow's curriculum

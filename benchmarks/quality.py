@@ -222,11 +222,12 @@ def columns(dataset: str) -> tuple[list[str], str]:
     return ["sw_1", "sw_2", "ed_1", "ed_2"], "sw_100"
 
 
-def train(method_name: str, data: Toy, seed: int, steps: int):
-    """(EMA network, Method, losses) after ``steps`` optimizer steps."""
+def train(method_name: str, data: Toy, seed: int, steps: int, factory=None):
+    """(EMA network, Method, losses) after ``steps`` optimizer steps; ``factory(net, steps) -> Method`` defaults to
+    ``METHODS[method_name]``'s."""
     torch.manual_seed(seed)
     net = data.make_net()
-    method = METHODS[method_name][1](net, steps)
+    method = (factory or METHODS[method_name][1])(net, steps)
     ema = copy.deepcopy(net).requires_grad_(False)
     opt = torch.optim.Adam(net.parameters(), lr=data.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, steps) / steps)))

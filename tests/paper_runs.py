@@ -68,10 +68,22 @@ def trajectory_runs(root: Path) -> Path:
     return folder
 
 
-class PaperRuns:
-    """The folders above, each made on first use: ``runs["toy2d" | "digits" | "trajectories"]``."""
+def conditional_runs(root: Path) -> Path:
+    """Class-conditional 2-D moons with the guidance scale as a network input (configs/recipes/imf_moons.yaml)."""
+    folder = root / "conditional"
+    fit("recipes/imf_moons.yaml", folder)
+    return folder
 
-    MAKERS = {"toy2d": lambda_runs, "digits": data_fraction_runs, "trajectories": trajectory_runs}
+
+class PaperRuns:
+    """The folders above, each made on first use: ``runs["toy2d" | "digits" | "trajectories" | "conditional"]``."""
+
+    MAKERS = {
+        "toy2d": lambda_runs,
+        "digits": data_fraction_runs,
+        "trajectories": trajectory_runs,
+        "conditional": conditional_runs,
+    }
 
     def __init__(self, root: Path):
         self.root, self.made = root, {}

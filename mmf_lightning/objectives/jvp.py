@@ -13,10 +13,15 @@ def u_and_dudt(
     y: torch.Tensor | None = None,
     *,
     create_graph: bool,
+    step: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(u(z, r, t), du/dt)`` with ``du/dt = dz . grad_z u + d_t u`` (r held fixed).
 
-    One ``torch.func.jvp`` over the network's (z, r, t) inputs with tangent (dz, 0, 1).
+    One ``torch.func.jvp`` over the network's (z, r, t) inputs with tangent (dz, 0, 1); or, with a finite-
+    difference ``step`` h, the central difference along (dz, 0, 1), for networks whose layers have no
+    forward-mode rule (custom kernels, fused attention): three forwards, error O(h^2) plus rounding O(eps / h)
+    (``tests/objectives/test_finite_difference.py``). Near t = 1, t + h is past the end of the path; the nets
+    take any t, so the difference stays central.
     Runs with autocast off in at least float32 (float64 inputs stay float64), whatever
     the surrounding precision: a second-order quantity in bfloat16 is mostly rounding.
 
@@ -36,6 +41,8 @@ def u_and_dudt(
     ):
         dtype = torch.promote_types(z.dtype, torch.float32)
         z, r, t, dz = (s.to(dtype) for s in (z, r, t, dz))
+        if step is not None:
+            return _central_difference(net, z, r, t, dz, y, step)
         if getattr(net, "has_explicit_jvp", False):
             return net.jvp(z, r, t, dz, torch.zeros_like(r), torch.ones_like(t), y)
         return torch.func.jvp(
@@ -43,3 +50,18 @@ def u_and_dudt(
             (z, r, t),
             (dz, torch.zeros_like(r), torch.ones_like(t)),
         )
+
+
+def _central_difference(net, z, r, t, dz, y, h: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(u(z, r, t), (u(z + h dz, r, t + h) - u(z - h dz, r, t - h)) / 2h)``: three forwards, each with the
+    same random state (so dropout draws the same masks in all three, and in a forward the caller replays)."""
+    state = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state(z.device) if z.device.type == "cuda" else None
+    outputs = []
+    for sign in (1.0, -1.0, 0.0):
+        torch.set_rng_state(state)
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, z.device)
+        outputs.append(net(z + (sign * h) * dz, r, t + sign * h, y))
+    ahead, behind, u = outputs
+    return u, (ahead - behind) / (2 * h)
