@@ -54,7 +54,10 @@ class TimePairEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(2 * freq_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
 
     def forward(self, r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(torch.cat([self.t_embed(t), self.dt_embed(t - r)], dim=-1))
+        # in float32 under autocast: bf16 keeps 8 bits of t's features, and low-precision time embeddings are a
+        # reported cause of MeanFlow-style runs spiking late in training
+        with torch.autocast(device_type=t.device.type, enabled=False):
+            return self.mlp(torch.cat([self.t_embed(t), self.dt_embed(t - r)], dim=-1))
 
     def jvp(self, r, t, dr, dt) -> tuple[torch.Tensor, torch.Tensor]:
         """(forward(r, t), its derivative along (dr, dt)), both (B, out_dim), in plain ops."""
@@ -115,7 +118,8 @@ class ClassEmbedding(nn.Module):
             return emb
         if scale is None:
             scale = torch.ones(labels.shape, device=labels.device)
-        return emb + self.scale_embed(scale - 1)
+        with torch.autocast(device_type=labels.device.type, enabled=False):  # float32, as TimePairEmbedding
+            return emb + self.scale_embed(scale - 1)
 
 
 def class_embedding(num_classes: int | None, dim: int, guidance_input: bool) -> ClassEmbedding | None:

@@ -181,7 +181,8 @@ class ModularMeanFlow(Objective):
         if scale is not None:
             y_in = GuidedLabels(y_in, scale)
         residual = self.residual(net, z, r, t, v, y_in, lam, n_equal)
-        per_sample = residual.square().flatten(1).sum(1)
+        # the reduction in at least float32, whatever the autocast dtype of u
+        per_sample = residual.to(torch.promote_types(residual.dtype, torch.float32)).square().flatten(1).sum(1)
         weight = adaptive_weight(per_sample, self.weighting_power, self.weighting_eps) * self.row_weights(r, t, lam)
         return ObjectiveOutput(
             loss=(weight * per_sample).mean(),

@@ -19,7 +19,7 @@ import mmf_lightning.objectives.meanflow as meanflow
 from mmf_lightning import MeanFlowModule
 from mmf_lightning.callbacks import LambdaScheduler
 from mmf_lightning.data import DigitsDataModule
-from mmf_lightning.nets import MLP, UNet
+from mmf_lightning.nets import MLP, DiT, UNet
 from mmf_lightning.nets import jvp_layers as J
 from mmf_lightning.objectives import LinearWarmup, ModularMeanFlow
 
@@ -196,6 +196,36 @@ def test_meanflow_gradients_under_autocast_match_float32(dtype, lam, make_net, t
     for (name, _), a, b in zip(net.named_parameters(), g_amp, g32):
         if b.norm() > 0:
             assert _rel(a, b) < 64 * u, name
+
+
+def _dit():
+    return DiT(
+        in_channels=1, image_size=8, patch_size=2, width=32, depth=2, heads=2, num_classes=3, guidance_input=True
+    )
+
+
+@pytest.mark.parametrize("make_net", [_small_unet, _mlp, _dit], ids=["unet", "mlp", "dit"])
+def test_time_embeddings_jvp_and_loss_reduction_stay_float32_under_bf16_autocast(make_net, monkeypatch):
+    """The guards against late-training spikes in low precision: the (t, t - r) embedding (and a guidance scale's),
+    du/dt and the per-sample squared residuals run in float32 while the layers around them run in bf16."""
+    net = make_net()
+    embeddings = []
+    for m in (net.time_embed, getattr(net.class_embed, "scale_embed", None)):
+        if m is not None:
+            m.register_forward_hook(lambda _m, _i, out: embeddings.append(out.dtype))
+    layers, jvps = _record_precisions(net, monkeypatch)
+    g = torch.Generator().manual_seed(0)
+    x, e = torch.randn(8, *net.data_shape, generator=g), torch.randn(8, *net.data_shape, generator=g)
+    t = torch.rand(8, generator=g) * 0.9 + 0.1
+    r = torch.where(torch.arange(8) < 3, t, t * torch.rand(8, generator=g))
+    y = torch.randint(0, 3, (8,), generator=g) if net.num_classes else None
+    objective = ModularMeanFlow("instantaneous", guidance_range=(1.0, 2.0) if y is not None else None)
+    with torch.autocast("cpu", torch.bfloat16):
+        out = objective(net, x, y, lam=1.0, e=e, r=r, t=t)
+    assert {dt for on, dt in layers if on} == {torch.bfloat16}  # the rest did run in bf16
+    assert embeddings and set(embeddings) == {torch.float32}
+    assert jvps and all(dudt == torch.float32 for _, dudt in jvps)
+    assert out.per_sample.dtype == out.loss.dtype == torch.float32
 
 
 # -- a real Trainer in bf16-mixed ---------------------------------------------------------------
