@@ -80,6 +80,14 @@ def consistency(net: nn.Module, total_steps: int) -> Method:
     return Method(lambda b, step: objective(net, b["x"], step=step, e=b.get("e"), path=b.get("path")).loss, objective)
 
 
+def warm_start(net: nn.Module, total_steps: int) -> Method:
+    """The recommended objective after flow matching: every row r = t for the first third of the run, then the
+    curriculum over the next third (configs/recipes/warm_start_checkerboard.yaml)."""
+    third = max(1, total_steps // 3)
+    objective = ModularMeanFlow("instantaneous", QUICKSTART_TIMES, flow_matching_steps=third)
+    return ours(objective, lambda total: LinearWarmup(third, delay_steps=third))(net, total_steps)
+
+
 def _data_only(b: dict) -> torch.Tensor:
     """The peers draw their own noise and straight paths: a batch with a paired start or a path is not theirs."""
     extra = sorted(k for k in b if k != "x" and b[k] is not None)
@@ -166,6 +174,7 @@ METHODS: dict[str, tuple[str, Callable[[nn.Module, int], Method]]] = {
         "recommended, du/dt by central difference (h = 1e-3)",
         ours(ModularMeanFlow("instantaneous", QUICKSTART_TIMES, finite_difference_step=1e-3), "curriculum"),
     ),
+    "warm_start": ("recommended after flow matching (first third of the steps)", warm_start),
     "consistency": ("consistency training", consistency),
     # the newer recipes (configs/recipes/): iMF's v-loss without its guidance input, and alpha-Flow's curriculum
     # over the first half of the run (configs/recipes/alphaflow_checkerboard.yaml)

@@ -22,6 +22,7 @@ from mmf_lightning.objectives.time_sampling import check_times
 from mmf_lightning.rng_state import gather_rng, restore_rng
 from mmf_lightning.skip_guard import SkipGuard
 from mmf_lightning.sources import Source, StandardNormal
+from mmf_lightning.warm_start import load_initial_weights
 
 try:  # set by LightningCLI while it builds the module; absent when built in Python
     from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
@@ -80,6 +81,10 @@ class MeanFlowModule(L.LightningModule):
             and checkpoints use the network as it is.
         source: the distribution of e at t = 1 (``mmf_lightning.sources``; default N(0, I)),
             used when a batch brings no e of its own, and by ``sample``.
+        init_from: start the network from these weights when a fit begins (not when it resumes): a checkpoint
+            of ours (a flow-matching run's u(z, t, t) is already the instantaneous velocity, so its weights
+            carry over as they are) or a file holding a state dict (``warm_start.initial_state``).
+        init_key_map: ``{old prefix: new prefix}`` renaming the keys of ``init_from`` (e.g. ``{"module.": ""}``).
     """
 
     def __init__(
@@ -97,6 +102,8 @@ class MeanFlowModule(L.LightningModule):
         max_skipped_in_a_row: int = 10,
         skip_check_every_n_steps: int | None = None,
         compile: bool = False,
+        init_from: str | None = None,
+        init_key_map: dict[str, str] | None = None,
     ):
         super().__init__()
         if not (math.isfinite(lr) and math.isfinite(min_lr)) or lr <= 0 or min_lr < 0 or min_lr > lr:
@@ -125,6 +132,8 @@ class MeanFlowModule(L.LightningModule):
         # sampling-time classifier-free guidance for sample / trajectory_from / data_predictions (and so for
         # `sample --guidance_scale`, `evaluate --guidance_scale`, the callbacks): 1 is none
         self.guidance_scale = 1.0
+        self.init_from, self.init_key_map = init_from, init_key_map
+        self._resumed = False  # set when a checkpoint is loaded into this module
 
     def _save_hparams(self, net: nn.Module, objective: Objective, source: Source) -> None:
         from_cli = _given_hyperparameters is not None and _given_hyperparameters.get() is not None
@@ -262,6 +271,11 @@ class MeanFlowModule(L.LightningModule):
             )
 
     def on_fit_start(self) -> None:
+        # after a resumed fit's checkpoint was read (which sets _resumed): that one keeps its own weights, and
+        # needs the init_from file no more
+        if self.init_from and not self._resumed:
+            loaded = load_initial_weights(self.net, self.init_from, self.init_key_map)
+            rank_zero_info(f"started the network from {self.init_from} ({loaded} tensors)")
         if self.trainer.world_size > 1:  # every rank would otherwise draw the same noise and times
             torch.manual_seed(torch.initial_seed() + self.global_rank)
         schedulers = [cb for cb in self.trainer.callbacks if type(cb).__name__ == "LambdaScheduler"]
@@ -459,6 +473,7 @@ class MeanFlowModule(L.LightningModule):
             checkpoint["mmf_lightning"]["rng"] = gather_rng(self.trainer.strategy)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._resumed = True
         state = checkpoint.get("mmf_lightning", {})
         self.lam = float(state.get("lambda", 0.0))
         self.objective.load_state_dict(state.get("objective", {}))

@@ -24,6 +24,7 @@ from mmf_lightning.nets.embeddings import GuidedLabels
 from mmf_lightning.objectives.base import Objective, ObjectiveOutput, default_path
 from mmf_lightning.objectives.jvp import u_and_dudt
 from mmf_lightning.objectives.paths import expand_like
+from mmf_lightning.objectives.schedules import check_steps
 from mmf_lightning.objectives.time_sampling import TimeSampler, check_times
 
 Tangent = Literal["conditional", "model", "instantaneous"]
@@ -82,6 +83,9 @@ class ModularMeanFlow(Objective):
             takes the central difference along (dz, 0, 1) instead, for networks with layers that have no
             forward-mode rule (``objectives.jvp.u_and_dudt``). lambda keeps its meaning: it scales the gradient
             through the difference. h = 1e-3 in float32 is within about 1e-4 of the JVP (README).
+        flow_matching_steps: the first this many steps train every row at r = t (plain flow matching, no JVP):
+            a warm start inside the run, u(z, t, t) learning the instantaneous velocity before the average one
+            (configs/recipes/warm_start_checkerboard.yaml; delay the lambda schedule to match).
     """
 
     uses_lambda = True
@@ -96,6 +100,7 @@ class ModularMeanFlow(Objective):
         guidance_scale: float = 1.0,
         guidance_range: tuple[float, float] | None = None,
         finite_difference_step: float | None = None,
+        flow_matching_steps: int = 0,
     ):
         if tangent not in TANGENTS:
             raise ValueError(f"tangent must be one of {TANGENTS}, got {tangent!r}")
@@ -115,6 +120,7 @@ class ModularMeanFlow(Objective):
         if finite_difference_step is not None and not (0.0 < finite_difference_step < 0.5):
             raise ValueError(f"finite_difference_step must be in (0, 0.5) or None, got {finite_difference_step}")
         self.finite_difference_step = finite_difference_step
+        self.flow_matching_steps = check_steps("flow_matching_steps", flow_matching_steps)
 
     def check_net(self, net: nn.Module) -> None:
         if self.guidance_scale != 1.0 and not getattr(net, "num_classes", None):
@@ -172,6 +178,8 @@ class ModularMeanFlow(Objective):
         n_equal = None
         if r is None:  # valid by construction: no check, which would sync with the host
             r, t, n_equal = self.time_sampler.draw(x.shape[0], x.device)
+            if step < self.flow_matching_steps:
+                r, n_equal = t, x.shape[0]
         else:
             check_times(r, t)
         y_in, keep = self._labels(net, y)

@@ -42,20 +42,25 @@ class Constant(LambdaSchedule):
 
 
 class _Warmup(LambdaSchedule):
-    def __init__(self, warmup_steps: int, start: float = 0.0, end: float = 1.0):
+    """``delay_steps``: the ramp starts there (lambda = start before), e.g. after a flow-matching phase."""
+
+    def __init__(self, warmup_steps: int, start: float = 0.0, end: float = 1.0, delay_steps: int = 0):
         self.warmup_steps = check_steps(f"{type(self).__name__} warmup_steps", warmup_steps)
         self.start = _check_unit(f"{type(self).__name__} start", start)
         self.end = _check_unit(f"{type(self).__name__} end", end)
+        self.delay_steps = check_steps(f"{type(self).__name__} delay_steps", delay_steps)
 
     def progress(self, step: int) -> float:
-        return 1.0 if self.warmup_steps == 0 else min(1.0, max(step, 0) / self.warmup_steps)
+        step = max(step - self.delay_steps, 0)
+        return 1.0 if self.warmup_steps == 0 else min(1.0, step / self.warmup_steps)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(warmup_steps={self.warmup_steps}, start={self.start}, end={self.end})"
+        delay = f", delay_steps={self.delay_steps}" if self.delay_steps else ""
+        return f"{type(self).__name__}(warmup_steps={self.warmup_steps}, start={self.start}, end={self.end}{delay})"
 
 
 class LinearWarmup(_Warmup):
-    """Paper eq. 12: lambda = start + (end - start) * min(1, step / warmup_steps)."""
+    """Paper eq. 12: lambda = start + (end - start) * min(1, (step - delay_steps)^+ / warmup_steps)."""
 
     def __call__(self, step: int) -> float:
         return self.start + (self.end - self.start) * self.progress(step)
