@@ -127,6 +127,8 @@ class MeanFlowModule(L.LightningModule):
         self._steps_seen = 0
         self.guard = SkipGuard(max_skipped_in_a_row)
         self.last_step_kept: torch.Tensor | None = None  # bool on the device: False if the last step was skipped
+        self.last_step_loss: torch.Tensor | None = None  # set before each optimizer step
+        self.last_grad_norm: torch.Tensor | None = None
         self._rng_to_restore: dict | None = None  # a resumed fit's random streams, set at train start
         self._compiled_net: CompiledNet | None = None  # built at the first training step (``compile``)
         # sampling-time classifier-free guidance for sample / trajectory_from / data_predictions (and so for
@@ -410,6 +412,9 @@ class MeanFlowModule(L.LightningModule):
         if grads:
             self.log("train/grad_norm", norm)
         self.last_step_kept = self.guard.skip_if_not_finite(optimizer, norm)
+        # what the step is judged by (callbacks.SpikeRollback): its loss (the mean over its micro-batches and
+        # ranks) and gradient norm, both the same on every rank, on the device
+        self.last_step_loss, self.last_grad_norm = torch.stack(self._step_losses).mean(), norm.detach()
 
     def _eval_loss(self, batch, batch_idx: int, stage: str) -> torch.Tensor:
         # The JVP layers' custom rules save their inputs, which inference tensors cannot be

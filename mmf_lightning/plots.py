@@ -158,7 +158,8 @@ def curve(ax, runs: list[Run], key: str, weight: float = 0.0, log: bool = False)
 
 def loss_curves(runs: list[Run], smoothing: float = 0.9) -> Figure:
     """Fig. 1: training dynamics across lambda. (a) the training loss, smoothed; (b) the raw loss,
-    log scale, where full-gradient runs oscillate; (c) the lambda each run trained with."""
+    log scale, where full-gradient runs oscillate; (c) the lambda each run trained with. A dashed line marks
+    each step where ``callbacks.SpikeRollback`` rolled a run back."""
     fig, (a, b, c) = panels(3)
     curve(a, runs, "train/loss", smoothing)
     a.set_title(f"(a) training loss (EMA {smoothing:g})", fontsize=10)
@@ -166,7 +167,21 @@ def loss_curves(runs: list[Run], smoothing: float = 0.9) -> Figure:
     b.set_title("(b) training loss, raw", fontsize=10)
     curve(c, runs, "train/lambda")
     c.set_title("(c) λ during training", fontsize=10)
+    mark_rollbacks((a, b, c), runs)
     return fig
+
+
+def rollback_steps(run: Run) -> list[int]:
+    """The steps at which the run's ``train/rollbacks`` count rose (``callbacks.SpikeRollback``)."""
+    steps, counts = run.metrics.get("train/rollbacks", ([], []))
+    return [s for s, before, now in zip(steps, [0.0, *counts], counts) if now > before]
+
+
+def mark_rollbacks(axes, runs: list[Run]) -> None:
+    for color, run in zip(colors(len(runs)), runs):
+        for i, step in enumerate(rollback_steps(run)):
+            for ax in axes:
+                ax.axvline(step, color=color, ls="--", lw=0.8, label="rollback" if ax is axes[0] and not i else None)
 
 
 class NotApplicable(ValueError):
