@@ -20,6 +20,7 @@ from mmf_lightning.nets.compiled import CompiledNet
 from mmf_lightning.objectives import Objective, SampledPath
 from mmf_lightning.objectives.time_sampling import check_times
 from mmf_lightning.rng_state import gather_rng, restore_rng
+from mmf_lightning.sharding import FSDPModule, check_sharding, fully_shard, sharded_blocks
 from mmf_lightning.skip_guard import SkipGuard
 from mmf_lightning.sources import Source, StandardNormal
 from mmf_lightning.warm_start import load_initial_weights
@@ -85,6 +86,10 @@ class MeanFlowModule(L.LightningModule):
             of ours (a flow-matching run's u(z, t, t) is already the instantaneous velocity, so its weights
             carry over as they are) or a file holding a state dict (``warm_start.initial_state``).
         init_key_map: ``{old prefix: new prefix}`` renaming the keys of ``init_from`` (e.g. ``{"module.": ""}``).
+        shard: shard the network's parameters, gradients and optimizer state over the data-parallel ranks with
+            FSDP2 (``torch.distributed.fsdp.fully_shard``, each block and then the whole net), under Lightning's
+            ``ModelParallelStrategy``. du/dt then comes from ``torch.func.jvp`` through the sharded forward (or the
+            finite difference); docs/launch.md has the recipe and what it leaves out.
     """
 
     def __init__(
@@ -104,6 +109,7 @@ class MeanFlowModule(L.LightningModule):
         compile: bool = False,
         init_from: str | None = None,
         init_key_map: dict[str, str] | None = None,
+        shard: bool = False,
     ):
         super().__init__()
         if not (math.isfinite(lr) and math.isfinite(min_lr)) or lr <= 0 or min_lr < 0 or min_lr > lr:
@@ -272,7 +278,19 @@ class MeanFlowModule(L.LightningModule):
                 f"{self.source!r}; set model.source to the same (class_path and init_args)"
             )
 
+    def configure_model(self) -> None:
+        """With ``shard``: FSDP2 over the strategy's data-parallel mesh (``ModelParallelStrategy``)."""
+        if not self.hparams.get("shard") or isinstance(self.net, FSDPModule):
+            return
+        check_sharding(self.trainer, self.objective, shard=True)
+        mesh = self.device_mesh["data_parallel"]
+        for block in sharded_blocks(self.net):
+            fully_shard(block, mesh=mesh)
+        fully_shard(self.net, mesh=mesh)
+        rank_zero_info(f"sharded the network over {mesh.size()} data-parallel ranks (FSDP2)")
+
     def on_fit_start(self) -> None:
+        check_sharding(self.trainer, self.objective, shard=bool(self.hparams.get("shard")))
         # after a resumed fit's checkpoint was read (which sets _resumed): that one keeps its own weights, and
         # needs the init_from file no more
         if self.init_from and not self._resumed:

@@ -106,6 +106,11 @@ class LambdaRecorder(L.Callback):
                 f.write(json.dumps([trainer.global_step, pl_module.lam]) + "\n")
 
 
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    """A sharded (FSDP2) tensor gathered whole on every rank; any other tensor as it is."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
 class GradientRecorder(L.Callback):
     """Saves every parameter's gradient, per rank, at the first optimizer step."""
 
@@ -115,7 +120,7 @@ class GradientRecorder(L.Callback):
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         if trainer.global_step == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            grads = {n: p.grad.detach().clone() for n, p in pl_module.named_parameters() if p.grad is not None}
+            grads = {n: _full(p.grad).detach().clone() for n, p in pl_module.named_parameters() if p.grad is not None}
             missing = [n for n, p in pl_module.named_parameters() if p.requires_grad and p.grad is None]
             torch.save(
                 {"grads": grads, "missing": missing, "lam": pl_module.lam},
@@ -167,7 +172,7 @@ class FirstStepRecorder(L.Callback):
             state = {
                 "batch": {k: v.detach().clone() for k, v in batch.items()},
                 "rng": torch.get_rng_state(),
-                "net": {k: v.detach().clone() for k, v in pl_module.net.state_dict().items()},
+                "net": {k: _full(v).detach().clone() for k, v in pl_module.net.state_dict().items()},
                 "lam": pl_module.lam,
             }
             torch.save(state, self.out_dir / f"start_rank{trainer.global_rank}.pt")

@@ -262,6 +262,25 @@ def test_ddp_two_ranks_lambda_one_gradients_agree(tmp_path):
     _check_gradients_of_two_ranks(tmp_path / "grads")
 
 
+def test_fsdp2_two_ranks_lambda_one_gradients_agree(tmp_path):
+    """model.shard under ModelParallelStrategy (FSDP2 over gloo): the JVP runs through the sharded forward (the
+    MLP's explicit JVP would bypass the hooks that gather its weights), and the gradients, gathered whole, are
+    those of the combined batch, as under DDP."""
+    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    cmd = [
+        sys.executable, "-m", "mmf_lightning", "fit", "--config", str(ROOT / "configs/quickstart.yaml"),
+        *_quiet(tmp_path, steps=1), "--trainer.devices=2", "--trainer.callbacks=[]",
+        "--trainer.strategy=lightning.pytorch.strategies.ModelParallelStrategy",
+        "--trainer.strategy.data_parallel_size=2", "--trainer.strategy.tensor_parallel_size=1",
+        "--trainer.enable_checkpointing=false", "--trainer.num_sanity_val_steps=0", "--model.shard=true",
+        *(a.format(grads=tmp_path / "grads") for a in GRADIENT_RUN),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "sharded the network over 2 data-parallel ranks (FSDP2)" in proc.stdout + proc.stderr
+    _check_gradients_of_two_ranks(tmp_path / "grads")
+
+
 def test_two_nodes_of_one_process_each_under_torchrun(tmp_path):
     """A 2-node x 1-process job, as on a cluster: two torchrun launchers (node ranks 0 and 1) on
     localhost over gloo, Lightning's num_nodes=2; the gradients equal the 1-process replay."""

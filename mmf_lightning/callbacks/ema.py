@@ -7,6 +7,7 @@ sends the trainer to the new processes. This one keeps the same update as a smal
 
 import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging as LightningEMA
+from torch.optim.swa_utils import AveragedModel
 
 
 class EMAUpdate:
@@ -54,6 +55,13 @@ class EMAWeightAveraging(LightningEMA):
             update_starting_at_epoch=update_starting_at_epoch,
         )
         self._kwargs["avg_fn"] = EMAUpdate(decay)
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        # Lightning's, without its warning for modules that define configure_model: MeanFlowModule's shards the
+        # net only with model.shard, which refuses this callback before training (sharding.check_sharding)
+        if stage == "fit":
+            device = self._device or pl_module.device
+            self._average_model = AveragedModel(pl_module, device=device, use_buffers=self._use_buffers, **self._kwargs)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._kwargs["avg_fn"].kept = getattr(pl_module, "last_step_kept", None)  # a skipped step moves nothing

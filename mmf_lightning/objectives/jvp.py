@@ -2,6 +2,7 @@
 
 import torch
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 
 
 def u_and_dudt(
@@ -43,7 +44,7 @@ def u_and_dudt(
         z, r, t, dz = (s.to(dtype) for s in (z, r, t, dz))
         if step is not None:
             return _central_difference(net, z, r, t, dz, y, step)
-        if getattr(net, "has_explicit_jvp", False):
+        if getattr(net, "has_explicit_jvp", False) and not isinstance(net, FSDPModule):  # its hooks gather weights
             return net.jvp(z, r, t, dz, torch.zeros_like(r), torch.ones_like(t), y)
         return torch.func.jvp(
             lambda z_, r_, t_: net(z_, r_, t_, y),
