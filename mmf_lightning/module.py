@@ -279,8 +279,9 @@ class MeanFlowModule(L.LightningModule):
             )
 
     def configure_model(self) -> None:
-        """With ``shard``: FSDP2 over the strategy's data-parallel mesh (``ModelParallelStrategy``)."""
-        if not self.hparams.get("shard") or isinstance(self.net, FSDPModule):
+        """With ``shard``, in a fit: FSDP2 over the strategy's data-parallel mesh (``ModelParallelStrategy``). A
+        sharded run's checkpoint (``save_distributed_checkpoint=False``) loads unsharded anywhere else."""
+        if not self.hparams.get("shard") or self._trainer is None or isinstance(self.net, FSDPModule):
             return
         check_sharding(self.trainer, self.objective, shard=True)
         mesh = self.device_mesh["data_parallel"]

@@ -272,13 +272,20 @@ def test_fsdp2_two_ranks_lambda_one_gradients_agree(tmp_path):
         *_quiet(tmp_path, steps=1), "--trainer.devices=2", "--trainer.callbacks=[]",
         "--trainer.strategy=lightning.pytorch.strategies.ModelParallelStrategy",
         "--trainer.strategy.data_parallel_size=2", "--trainer.strategy.tensor_parallel_size=1",
-        "--trainer.enable_checkpointing=false", "--trainer.num_sanity_val_steps=0", "--model.shard=true",
-        *(a.format(grads=tmp_path / "grads") for a in GRADIENT_RUN),
+        "--trainer.strategy.save_distributed_checkpoint=false", "--trainer.num_sanity_val_steps=0",
+        "--model.shard=true", "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+        "--trainer.callbacks.save_last=true", *(a.format(grads=tmp_path / "grads") for a in GRADIENT_RUN),
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "sharded the network over 2 data-parallel ranks (FSDP2)" in proc.stdout + proc.stderr
     _check_gradients_of_two_ranks(tmp_path / "grads")
+    from mmf_lightning import MeanFlowModule  # the sharded run's checkpoint is one file that loads unsharded
+
+    (ckpt,) = tmp_path.rglob("last.ckpt")
+    module = MeanFlowModule.load_from_checkpoint(ckpt)
+    assert module.hparams.shard and type(module.net).__name__ == "MLP"
+    assert module.sample(8, 1).shape == (8, 2)
 
 
 def test_two_nodes_of_one_process_each_under_torchrun(tmp_path):
