@@ -26,15 +26,15 @@ def directional_difference(loss_fn, params, direction, h: float = 1e-6) -> torch
     return (plus - minus) / (2 * h)
 
 
-def quiet_trainer(tmp_path, max_steps=6, callbacks=(), **kw) -> L.Trainer:
-    """A CPU Trainer without logger, progress bar or summary, for short real runs."""
+def quiet_trainer(tmp_path, max_steps=6, callbacks=(), logger=False, **kw) -> L.Trainer:
+    """A CPU Trainer without progress bar or summary (and without logger unless given one), for short real runs."""
     args = dict(limit_val_batches=1, log_every_n_steps=1)
     args.update(kw)
     return L.Trainer(
         accelerator="cpu",
         max_steps=max_steps,
         default_root_dir=tmp_path,
-        logger=False,
+        logger=logger,
         enable_progress_bar=False,
         enable_model_summary=False,
         callbacks=list(callbacks),

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from mmf_lightning.objectives.base import Objective, ObjectiveOutput, default_path
-from mmf_lightning.objectives.meanflow import _ReplayRNG
+from mmf_lightning.objectives.jvp import ReplayRNG
 from mmf_lightning.objectives.paths import expand_like, linear_path
 
 
@@ -122,7 +122,7 @@ class ConsistencyTraining(Objective):
         t_lo, t_hi = grid[n], grid[n + 1]
         target_net = self._target_net(net)
         target_net.train(net.training)
-        rng = _ReplayRNG(x.device)  # same dropout masks for online and target (iCT)
+        rng = ReplayRNG(x.device)  # same dropout masks for online and target (iCT)
         with torch.no_grad():
             target = self.denoise(target_net, path(t_lo)[0], t_lo, y)
         rng.restore()

@@ -53,16 +53,27 @@ def u_and_dudt(
         )
 
 
+class ReplayRNG:
+    """Replays the RNG so passes over the same rows draw the same dropout masks."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.cpu = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state(self.cuda, self.device)
+
+
 def _central_difference(net, z, r, t, dz, y, h: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(u(z, r, t), (u(z + h dz, r, t + h) - u(z - h dz, r, t - h)) / 2h)``: three forwards, each with the
     same random state (so dropout draws the same masks in all three, and in a forward the caller replays)."""
-    state = torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state(z.device) if z.device.type == "cuda" else None
+    rng = ReplayRNG(z.device)
     outputs = []
     for sign in (1.0, -1.0, 0.0):
-        torch.set_rng_state(state)
-        if cuda is not None:
-            torch.cuda.set_rng_state(cuda, z.device)
+        rng.restore()
         outputs.append(net(z + (sign * h) * dz, r, t + sign * h, y))
     ahead, behind, u = outputs
     return u, (ahead - behind) / (2 * h)

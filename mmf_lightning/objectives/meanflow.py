@@ -22,7 +22,7 @@ from torch import nn
 
 from mmf_lightning.nets.embeddings import GuidedLabels
 from mmf_lightning.objectives.base import Objective, ObjectiveOutput, default_path
-from mmf_lightning.objectives.jvp import u_and_dudt
+from mmf_lightning.objectives.jvp import ReplayRNG, u_and_dudt
 from mmf_lightning.objectives.paths import expand_like
 from mmf_lightning.objectives.schedules import check_steps
 from mmf_lightning.objectives.time_sampling import TimeSampler, check_times
@@ -41,20 +41,6 @@ def sg_lambda(a: torch.Tensor, lam: float) -> torch.Tensor:
     """``lam * a + (1 - lam) * stopgrad(a)``, written so its value is exactly ``a``'s."""
     frozen = a.detach()
     return frozen if lam == 0.0 else frozen + lam * (a - frozen)
-
-
-class _ReplayRNG:
-    """Replays the RNG so two passes over the same rows draw the same dropout masks."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.cpu = torch.get_rng_state()
-        self.cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-
-    def restore(self) -> None:
-        torch.set_rng_state(self.cpu)
-        if self.cuda is not None:
-            torch.cuda.set_rng_state(self.cuda, self.device)
 
 
 def adaptive_weight(per_sample: torch.Tensor, power: float, eps: float) -> torch.Tensor:
@@ -230,7 +216,7 @@ class ModularMeanFlow(Objective):
             # du/dt needs no graph: a no-grad JVP, then u from a plain forward with the
             # same dropout masks. JVP first, so its buffers are freed before the forward
             # stores activations for backward.
-            rng = _ReplayRNG(z.device)
+            rng = ReplayRNG(z.device)
             _, dudt = u_and_dudt(net, z, r, t, dz, y, create_graph=False, step=self.finite_difference_step)
             rng.restore()
             u = net(z, r, t, y)

@@ -7,6 +7,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from helpers import quiet_trainer
 
 from mmf_lightning import MeanFlowModule, plots
 from mmf_lightning.callbacks import EMAWeightAveraging, LambdaScheduler, SpikeRollback
@@ -69,18 +70,14 @@ class Record(L.Callback):
 
 def _fit(tmp_path, callbacks, steps, logger=False):
     module = _module()
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
+        tmp_path,
         max_steps=steps,
-        default_root_dir=tmp_path,
-        logger=logger,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
         callbacks=[LambdaScheduler(Constant(1.0)), EMAWeightAveraging(decay=0.9), *callbacks],
+        logger=logger,
+        enable_checkpointing=False,
         limit_val_batches=0,
         num_sanity_val_steps=0,
-        log_every_n_steps=1,
     )
     trainer.fit(module, datamodule=_data())
     return trainer, module
