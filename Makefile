@@ -42,10 +42,11 @@ format: $(STAMP)
 
 # Step time and peak memory of each objective and peer as ratios over flow matching, and sampling cost,
 # in one run per network (docs/benchmarks.md): the 2-D MLP (~3 minutes), then the CIFAR-10 UNet
-# (~60 minutes on 2 cores; bench-quick: a smaller UNet, ~10 minutes).
+# (~60 minutes on 2 cores; bench-quick: a smaller UNet, ~10 minutes), then a DiT of half DiT-S/2 (~10 minutes).
 bench: $(BENCH_STAMP)
 	cd benchmarks && ../$(PY) jvp_cost.py --net mlp
 	cd benchmarks && ../$(PY) jvp_cost.py
+	cd benchmarks && ../$(PY) jvp_cost.py --net dit --width 192 --depth 6 --heads 3
 
 bench-quick: $(BENCH_STAMP)
 	cd benchmarks && ../$(PY) jvp_cost.py --net mlp
@@ -56,7 +57,8 @@ bench-quick: $(BENCH_STAMP)
 # on 2 cores); results in benchmarks/results/, and an interrupted
 # run continues where it stopped.
 bench-quality: $(BENCH_STAMP)
-	cd benchmarks && ../$(PY) quality.py --datasets checkerboard moons
+	cd benchmarks && ../$(PY) quality.py --datasets checkerboard moons --methods fm meanflow_stopgrad meanflow_full \
+		mmf_lam05 mmf_lam1 mmf_curriculum mmf_lam1_inst recommended consistency peer_meanflow peer_rectified_flow peer_torchcfm
 	cd benchmarks && ../$(PY) quality.py --datasets checkerboard moons \
 		--methods recommended_weighted recommended_logit_normal recommended_half_fm
 	cd benchmarks && ../$(PY) quality.py --datasets gaussian \
@@ -72,7 +74,10 @@ bench-quality: $(BENCH_STAMP)
 	cd benchmarks && ../$(PY) quality.py --datasets checkerboard moons --methods fm recommended --seeds 3 \
 		--steps 10000 --recipe lr=2e-3 --out results/steps_10000
 	cd benchmarks && ../$(PY) quality.py --datasets digits --steps 600 --seeds 3 \
-		--methods fm meanflow_stopgrad recommended peer_meanflow
+		--methods fm meanflow_stopgrad recommended peer_meanflow warm_start
+	cd benchmarks && ../$(PY) quality.py --datasets checkerboard moons --methods imf alphaflow warm_start recommended_fd \
+		--recipe lr=3e-3
+	cd benchmarks && ../$(PY) guidance.py --seeds 3
 	cd benchmarks && ../$(PY) plot_quality.py results/quality_steps.jsonl ../docs/toy_quality_steps.png
 
 clean:
