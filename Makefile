@@ -53,7 +53,8 @@ bench-quick: $(BENCH_STAMP)
 	cd benchmarks && ../$(PY) jvp_cost.py --channels 64 --num_res_blocks 2 --repeats 2
 
 # Sample quality at equal steps and at equal wall-clock time on 2-D data (5 seeds), the ODE and control
-# trajectories (5 seeds), the recipe study and the digits (3 seeds): the runs behind docs/benchmarks.md (about 6 hours
+# trajectories (5 seeds), the recipe study, the digits (3 seeds), the newer recipes and the guidance study:
+# the runs behind docs/benchmarks.md (about 7 hours
 # on 2 cores); results in benchmarks/results/, and an interrupted
 # run continues where it stopped.
 bench-quality: $(BENCH_STAMP)
