@@ -70,6 +70,8 @@ SAME_NET_OTHER_LAMBDA = {
     "digits/lambda0.yaml",
     "digits/lambda1.yaml",
     "digits/curriculum_instantaneous.yaml",
+    "recipes/warm_start_checkerboard.yaml",  # the quickstart plus flow_matching_steps (tests/test_warm_start.py)
+    "recipes/imf_moons.yaml",  # trained for the notebooks (tests/paper_runs.py, conditional_runs)
 }
 
 
