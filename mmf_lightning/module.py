@@ -400,7 +400,7 @@ class MeanFlowModule(L.LightningModule):
             return
         self._steps_seen = self.global_step
         self.objective.on_optimizer_step(self.net, self.global_step)
-        self._loss_window.append(torch.stack(self._step_losses).mean())  # stays on the device: no sync
+        self._loss_window.append(self.last_step_loss)  # set before the optimizer step; on the device: no sync
         self._step_losses.clear()
         variance = self.loss_variance()
         if variance is not None:

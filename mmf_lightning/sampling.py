@@ -16,14 +16,8 @@ from mmf_lightning.nets.embeddings import GuidedLabels
 from mmf_lightning.objectives.base import Objective
 
 
-class ClassifierFreeGuidance(nn.Module):
-    """``u_w(z, r, t | y) = u(z, r, t | null) + w (u(z, r, t | y) - u(z, r, t | null))``: guidance at sampling
-    time for a class-conditional net trained with label dropout (the null label is ``net.num_classes``). One
-    forward on the doubled batch per jump; w = 1 is the conditional net, w = 0 the unconditional one.
-
-    Distinct from training-time guidance (``ModularMeanFlow(guidance_scale=...)``), which bakes a fixed w into
-    the target so one jump costs one forward; applied to such a net the two scales compound.
-    """
+class _Guided(nn.Module):
+    """A class-conditional ``net`` guided at scale w: what both ways of guiding check and keep."""
 
     def __init__(self, net: nn.Module, scale: float):
         super().__init__()
@@ -36,6 +30,16 @@ class ClassifierFreeGuidance(nn.Module):
         self.net, self.scale, self.num_classes = net, float(scale), num_classes
         self.data_shape = getattr(net, "data_shape", None)
 
+
+class ClassifierFreeGuidance(_Guided):
+    """``u_w(z, r, t | y) = u(z, r, t | null) + w (u(z, r, t | y) - u(z, r, t | null))``: guidance at sampling
+    time for a class-conditional net trained with label dropout (the null label is ``net.num_classes``). One
+    forward on the doubled batch per jump; w = 1 is the conditional net, w = 0 the unconditional one.
+
+    Distinct from training-time guidance (``ModularMeanFlow(guidance_scale=...)``), which bakes a fixed w into
+    the target so one jump costs one forward; applied to such a net the two scales compound.
+    """
+
     def forward(self, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None):
         if y is None:
             raise ValueError("guidance needs labels y")
@@ -44,16 +48,9 @@ class ClassifierFreeGuidance(nn.Module):
         return u_null + self.scale * (u_y - u_null)
 
 
-class GuidanceInput(nn.Module):
+class GuidanceInput(_Guided):
     """A net built with ``guidance_input`` (trained with ``ModularMeanFlow(guidance_range=...)``, improved
     MeanFlow's recipe), told to produce its velocity at guidance scale w: one forward per jump."""
-
-    def __init__(self, net: nn.Module, scale: float):
-        super().__init__()
-        if not math.isfinite(scale):
-            raise ValueError(f"the guidance scale must be finite, got {scale}")
-        self.net, self.scale = net, float(scale)
-        self.num_classes, self.data_shape = net.num_classes, getattr(net, "data_shape", None)
 
     def forward(self, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None):
         if y is None:

@@ -9,6 +9,8 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
+from mmf_lightning.callbacks.lambda_schedule import LambdaScheduler
+
 
 def _clone(state):
     """A deep copy with every tensor cloned (on its own device): a snapshot that later steps cannot move."""
@@ -165,7 +167,7 @@ class SpikeRollback(L.Callback):
         for config in trainer.lr_scheduler_configs:  # the schedules go on from the lowered base
             config.scheduler.base_lrs = [lr * self.lr_factor for lr in config.scheduler.base_lrs]
         for cb in trainer.callbacks:
-            if hasattr(cb, "scale") and type(cb).__name__ == "LambdaScheduler":
+            if isinstance(cb, LambdaScheduler):
                 cb.scale *= self.lambda_factor
         self.events.append({"step": step, "restored_step": snap["step"], **{k: v for k, (v, _) in spiked.items()}})
         rank_zero_warn(
