@@ -90,7 +90,7 @@ class MMFLightningCLI(LightningCLI):
           ``save_dir`` follows it unless the command line also sets that);
         - the run is named after its config file (``configs/ode/lambda0.yaml`` -> ``ode/lambda0``)
           unless the logger was given a name; a W&B run also gets the config's folders as tags and
-          the project ``mmf-lightning`` unless given.
+          the project ``mmf-lightning`` unless given, and its ``save_dir`` is made absolute.
         """
         cfg = self.config[self.config.subcommand] if "subcommand" in self.config else self.config
         trainer = cfg.get("trainer", {})
@@ -112,6 +112,9 @@ class MMFLightningCLI(LightningCLI):
         if parts and args.get("name", "") in (None, "lightning_logs"):
             args.name = "/".join(parts)
         if str(logger.class_path).endswith("WandbLogger"):
+            # W&B's service process, shared by every run of this Python process, writes the run file
+            # and resolves a relative folder against its own working directory, the one it started in
+            args.save_dir = os.path.abspath(args.get("save_dir") or ".")
             if args.get("project") is None:
                 args.project = "mmf-lightning"
             if args.get("tags") is None and parts:

@@ -442,7 +442,8 @@ def log_to_wandb(report: dict, results: dict[str, dict[str, float]], out: Path) 
     config = {"settings": report["settings"], "quick": report["quick"]}
     config["evaluated"] = {name: {"checkpoint": r["checkpoint"], "data": r["description"]} for name, r in runs.items()}
     project = os.environ.get("WANDB_PROJECT", "mmf-lightning")
-    run = wandb.init(project=project, job_type="evaluate", config=config, dir=str(out))  # W&B's files beside the report
+    # W&B's files beside the report; absolute, as W&B's service resolves paths in its own working directory
+    run = wandb.init(project=project, job_type="evaluate", config=config, dir=str(Path(out).absolute()))
     columns = sorted({key for metrics in results.values() for key in metrics})
     table = wandb.Table(columns=["model", *columns])
     for name, metrics in results.items():

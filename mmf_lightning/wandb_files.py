@@ -6,6 +6,7 @@ payloads of a full record, or of first + middles + last, are one ``wandb_interna
 
 import json
 import struct
+import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,18 +60,37 @@ class OfflineRun:
     history: list[dict] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
+    finished: bool = False  # the run's exit record is in the file: nothing more will be written
 
 
-def read_run(run_folder: str | Path) -> OfflineRun:
+def read_run(run_folder: str | Path, wait: float = 0.0) -> OfflineRun:
     """The config (values JSON-decoded), history rows, file paths and summary of a W&B run folder
-    (``wandb/offline-run-<time>-<id>`` or ``wandb/run-<time>-<id>``)."""
+    (``wandb/offline-run-<time>-<id>`` or ``wandb/run-<time>-<id>``).
+
+    ``wait``: seconds to wait for the run's exit record. W&B's service process writes the file, and
+    may still be writing it when ``run.finish()`` has returned in the training process; a reader
+    that needs the whole run (a test) waits, one that shows a run in progress (``runs``) does not."""
     found = sorted(Path(run_folder).glob("run-*.wandb"))
     if len(found) != 1:
         raise ValueError(f"{run_folder}: expected one run-*.wandb file, found {len(found)}")
-    path = found[0]
+    deadline = time.monotonic() + wait
+    while True:
+        run = _read(found[0])
+        if run.finished or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    if wait and not run.finished:
+        raise TimeoutError(f"{found[0]}: no exit record after {wait:g} s; W&B is still writing it, or it crashed")
+    return run
+
+
+def _read(path: Path) -> OfflineRun:
     run = OfflineRun()
     for record in records(path):
         kind = record.WhichOneof("record_type")
+        if kind == "exit":
+            run.finished = True
+            continue
         if kind == "run":
             items = record.run.config.update
         elif kind == "config":

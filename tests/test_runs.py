@@ -62,6 +62,13 @@ def test_two_wandb_runs_in_one_save_dir_stay_apart(tmp_path, monkeypatch):
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
+    # W&B's service outlives a run and keeps the working directory it started in (a notebook's
+    # earlier run, a sweep agent's): the relative save_dir below must not land there
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    import wandb
+
+    wandb.init(project="t", dir=".").finish()
     monkeypatch.chdir(tmp_path)
     folders = []
     for lr, num_train in ((1e-3, 1024), (2e-3, 512)):
@@ -78,7 +85,7 @@ def test_two_wandb_runs_in_one_save_dir_stay_apart(tmp_path, monkeypatch):
     for folder, run_id, lr, num_train in folders:
         (wandb_dir,) = glob.glob(str(tmp_path / "wbruns" / "wandb" / f"offline-run-*-{run_id}"))
         assert (folder / "wandb").resolve() == Path(wandb_dir).resolve()  # W&B's own files, linked
-        run = read_run(wandb_dir)
+        run = read_run(wandb_dir, wait=60)
         assert run.config["model"]["lr"] == lr and run.config["data"]["init_args"]["num_train"] == num_train
         assert run.config["lambda_schedule"]["schedule"]["class_path"].endswith("LinearWarmup")
         assert run.config["trainer"]["max_steps"] == 8

@@ -110,7 +110,7 @@ def test_one_command_of_each_sweep_runs_on_small_data(path, tmp_path, monkeypatc
                  "--quick", "--no-lpips", "--fid_num_samples=100", f"--output={tmp_path / 'eval'}"]  # fmt: skip
         main(argv)
         (run_dir,) = (tmp_path / "eval" / "wandb").glob("offline-run-*")  # beside the report
-        run = read_run(run_dir)
+        run = read_run(run_dir, wait=60)
         assert run.config["evaluated"][next(iter(run.config["evaluated"]))]["data"].startswith(
             "ShiftDataModule(kind=digits_gaussian_noise"
         )
@@ -130,7 +130,7 @@ def test_one_command_of_each_sweep_runs_on_small_data(path, tmp_path, monkeypatc
     cli.trainer.logger.experiment.finish()
     assert cli.trainer.global_step == 2
     (run_dir,) = (tmp_path / "runs" / "wandb").glob(f"offline-run-*-{run_id}")  # beside the run folders
-    logged = read_run(run_dir).config
+    logged = read_run(run_dir, wait=60).config
     if "model.objective.init_args.tangent" in params:
         assert logged["model"]["objective"]["init_args"]["tangent"] == params["model.objective.init_args.tangent"]
     if "lambda_schedule.schedule" in params:
