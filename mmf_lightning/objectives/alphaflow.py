@@ -50,6 +50,9 @@ class AlphaFlow(ModularMeanFlow):
             return 1.0
         return torch.where(r < t, alpha, 1.0)
 
+    def detached_jvp_target(self, lam: float) -> bool:
+        return self.alpha(lam) == 0.0  # MeanFlow's target at lambda = 0; before that, no JVP
+
     def _meanflow_residual(self, net, z, r, t, v, y, lam) -> torch.Tensor:
         alpha = self.alpha(lam)
         if alpha == 0.0:

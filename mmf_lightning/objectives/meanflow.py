@@ -198,6 +198,8 @@ class ModularMeanFlow(Objective):
             rows = (z[order], r[order], t[order], v[order], _rows(y, order))
             return self.residual(net, *rows, lam, int((~jvp_rows).sum()))[torch.argsort(order)]
         k = n_equal
+        if self.detached_jvp_target(lam) and not _draws_random(net):
+            return self._stop_gradient_residual(net, z, r, t, v, y, k)
         parts = [net(z[:k], t[:k], t[:k], _rows(y, slice(k))) - v[:k]] if k else []
         if k < z.shape[0]:
             tail = slice(k, None)
@@ -209,6 +211,26 @@ class ModularMeanFlow(Objective):
             return v
         with torch.no_grad():
             return net(z, r, t, y) if self.tangent == "model" else net(z, t, t, y)
+
+    def detached_jvp_target(self, lam: float) -> bool:
+        """Whether the rows r < t regress on MeanFlow's target with du/dt detached (lambda = 0), so that
+        their JVP needs no graph."""
+        return lam == 0.0
+
+    def _stop_gradient_residual(self, net, z, r, t, v, y, k: int) -> torch.Tensor:
+        """lambda = 0 without dropout: du/dt needs no graph, so it is a no-grad JVP of the r < t rows only, and
+        u comes from one forward over every row (u(z, t, t) of the r = t rows is the same call): one forward
+        and one backward per step, as in flow matching, where a split batch would take two of each."""
+        if k < z.shape[0]:
+            tail = slice(k, None)
+            dz = self._tangent(net, z[tail], r[tail], t[tail], v[tail], _rows(y, tail))
+            # the JVP first, so its buffers are freed before the forward stores activations for backward
+            _, dudt = u_and_dudt(
+                net, z[tail], r[tail], t[tail], dz, _rows(y, tail), create_graph=False, step=self.finite_difference_step
+            )
+            dudt = torch.cat([dudt.new_zeros((k, *dudt.shape[1:])), dudt]) if k else dudt
+            return net(z, r, t, y).to(dudt.dtype) + expand_like(t - r, z) * dudt - v
+        return net(z, t, t, y) - v
 
     def _meanflow_residual(self, net, z, r, t, v, y, lam) -> torch.Tensor:
         dz = self._tangent(net, z, r, t, v, y)
@@ -240,6 +262,12 @@ def check_guidance_range(guidance_range, guidance_scale: float) -> tuple[float, 
             "(a fixed training-time scale, or the scale as a network input)"
         )
     return low, high
+
+
+def _draws_random(net: nn.Module) -> bool:
+    """Whether a forward draws dropout masks: then the JVP and the forward of a row must run on the same rows,
+    with the random state replayed, to see the same masks."""
+    return net.training and any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in net.modules())
 
 
 def _rows(y: torch.Tensor | GuidedLabels | None, rows) -> torch.Tensor | GuidedLabels | None:

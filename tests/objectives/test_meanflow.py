@@ -211,6 +211,20 @@ def test_jvp_runs_only_on_rows_with_r_less_than_t(monkeypatch):
     assert sizes == [int((r < t).sum())] * 2 == [5, 5]
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_lambda_zero_takes_one_forward_over_the_batch_unless_dropout_needs_its_rows_apart(dropout):
+    """At lambda = 0, du/dt needs no graph: without dropout, u of every row comes from one forward (with
+    grad), as in flow matching; with dropout, the r < t rows keep a forward of their own, whose masks the
+    JVP's replay."""
+    net = _mlp(dropout=dropout).train()
+    forwards = []
+    net.register_forward_hook(lambda m, args, out: forwards.append((len(args[0]), torch.is_grad_enabled())))
+    x, e, r, t = _batch(10, r_lt_t=False)
+    ModularMeanFlow()(net, x, e=e, r=r, t=t, lam=0.0).loss.backward()
+    with_grad = [n for n, grad in forwards if grad]
+    assert with_grad == ([10] if dropout == 0.0 else [5, 5])
+
+
 @pytest.mark.parametrize("lam", [0.0, 1.0])
 def test_the_samplers_sliced_split_equals_the_masked_split(lam):
     """The sampler lays out its r = t rows first and the objective slices there: the loss and every gradient
