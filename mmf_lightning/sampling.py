@@ -8,12 +8,14 @@ training's random stream alone. ``MeanFlowModule.sample`` and its relatives, the
 """
 
 import math
+import warnings
 
 import torch
 from torch import nn
 
 from mmf_lightning.nets.embeddings import GuidedLabels
 from mmf_lightning.objectives.base import Objective
+from mmf_lightning.objectives.flow_matching import FlowMatching
 
 
 class _Guided(nn.Module):
@@ -30,6 +32,12 @@ class _Guided(nn.Module):
         self.net, self.scale, self.num_classes = net, float(scale), num_classes
         self.data_shape = getattr(net, "data_shape", None)
 
+    @staticmethod
+    def _check_labels(y: torch.Tensor | None) -> torch.Tensor:
+        if y is None:
+            raise ValueError("guidance needs labels y")
+        return y
+
 
 class ClassifierFreeGuidance(_Guided):
     """``u_w(z, r, t | y) = u(z, r, t | null) + w (u(z, r, t | y) - u(z, r, t | null))``: guidance at sampling
@@ -41,9 +49,7 @@ class ClassifierFreeGuidance(_Guided):
     """
 
     def forward(self, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None):
-        if y is None:
-            raise ValueError("guidance needs labels y")
-        null = torch.full_like(y, self.num_classes)
+        null = torch.full_like(self._check_labels(y), self.num_classes)
         u_y, u_null = self.net(*(torch.cat([a, a]) for a in (z, r, t)), torch.cat([y, null])).chunk(2)
         return u_null + self.scale * (u_y - u_null)
 
@@ -53,9 +59,8 @@ class GuidanceInput(_Guided):
     MeanFlow's recipe), told to produce its velocity at guidance scale w: one forward per jump."""
 
     def forward(self, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None):
-        if y is None:
-            raise ValueError("guidance needs labels y")
-        return self.net(z, r, t, GuidedLabels(y, torch.full(y.shape, self.scale, device=y.device)))
+        scale = torch.full(self._check_labels(y).shape, self.scale, device=y.device)
+        return self.net(z, r, t, GuidedLabels(y, scale))
 
 
 def guided(net: nn.Module, scale: float = 1.0) -> nn.Module:
@@ -75,6 +80,14 @@ def time_grid(steps: int, t_max: float = 1.0, device=None) -> torch.Tensor:
 
 def _states(net, objective, e, steps, y, generator):
     """Yields the chain's states: ``objective.start(e)`` at t_max, then each jump down ``time_grid``."""
+    if isinstance(net, ClassifierFreeGuidance) and steps <= 2 and not isinstance(objective, FlowMatching):
+        warnings.warn(
+            f"classifier-free guidance at w = {net.scale:g} with {steps} step(s) of average velocity: guiding the "
+            "average over a long interval is not the guided flow's average, and most samples can leave their class "
+            "(docs/benchmarks.md, 'Guidance'). Take more steps, or train the scale in "
+            "(ModularMeanFlow(guidance_range=...) with a net built with guidance_input=True)",
+            stacklevel=4,  # the caller of sample or trajectory (past the no_grad wrapper)
+        )
     grid = time_grid(steps, objective.t_max).tolist()  # Python floats: no device reads in the loop
     n = e.shape[0]
     z = objective.start(e)

@@ -38,10 +38,33 @@ def test_module_samples_with_guidance_from_the_same_starts():
     with torch.no_grad():
         u_y, u_null = net(e, r, t, y), net(e, r, t, torch.full_like(y, 3))
     module.guidance_scale = 3.0
-    one_step = module.sample(4, 1, y=y, generator=torch.Generator().manual_seed(3))
+    with pytest.warns(UserWarning, match=r"classifier-free guidance at w = 3 with 1 step\(s\) of average velocity"):
+        one_step = module.sample(4, 1, y=y, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(one_step, e - (u_null + 3.0 * (u_y - u_null)))  # x = e - u_w(e, 0, 1)
-    states = module.trajectory_from(e, 2, y)
+    with pytest.warns(UserWarning, match=r"with 2 step\(s\)") as caught:
+        states = module.trajectory_from(e, 2, y)
+    assert caught[0].filename.endswith("mmf_lightning/module.py")  # the caller of sampling.trajectory, not torch
     assert states.shape == (3, 4, 2) and torch.isfinite(states).all()
+
+
+def test_few_step_classifier_free_guidance_warns_only_where_it_guides_an_average_velocity():
+    import warnings
+
+    from mmf_lightning.objectives import FlowMatching
+
+    e, y = torch.randn(4, 2), torch.tensor([0, 1, 2, 0])
+    for objective, steps, warns in (
+        (ModularMeanFlow(), 2, True),
+        (ModularMeanFlow(), 3, False),
+        (FlowMatching(), 1, False),
+    ):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            sampling.sample(sampling.guided(_net(), 2.0), objective, e, steps, y)
+        assert any("classifier-free guidance" in str(w.message) for w in caught) == warns, (objective, steps)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the scale as an input: one jump of the guided net itself, no warning
+        sampling.sample(sampling.guided(_guidance_input_net().float(), 2.0), ModularMeanFlow(), e, 1, y)
 
 
 def test_guidance_names_what_it_needs():
