@@ -207,10 +207,18 @@ def run_step(net, loss_fn, opt):
 
 
 def measure_time(args, names):
-    steps = {}
-    for v in names:  # each row trains its own copy, so Adam's state and the weights stay apart
-        net, loss_fn = make_step(v, *build(args))
-        opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+    """The rows train one network and its Adam state, shared (a copy of the full-size UNet's weights, gradients
+    and Adam moments per row would not fit in memory; the arithmetic of a step does not depend on the weights).
+    The naive rows, whose layers are swapped for torch's own, share a second one."""
+    built, optimizers, steps = {}, {}, {}
+    for v in names:
+        group = "naive" if v.startswith("naive") else "shared"
+        if group not in built:
+            built[group] = build(args)
+        net, loss_fn = make_step(v, *built[group])
+        if id(net) not in optimizers:  # after make_step, which may swap layers (and so parameters)
+            optimizers[id(net)] = torch.optim.Adam(net.parameters(), lr=1e-4)
+        opt = optimizers[id(net)]
         steps[v] = lambda net=net, loss_fn=loss_fn, opt=opt: run_step(net, loss_fn, opt)
     return interleaved_medians(steps, args.repeats, args.inner)
 
