@@ -311,3 +311,9 @@ def silu_jvp(h: torch.Tensor, dh: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     """(silu(h), silu'(h) dh), silu'(h) = s (1 + h (1 - s)) with s = sigmoid(h)."""
     s = torch.sigmoid(h)
     return h * s, dh * (s * (1 + h * (1 - s)))
+
+
+def draws_dropout(module: nn.Module) -> bool:
+    """Whether a forward of ``module`` draws dropout masks (training mode, a dropout with p > 0 inside): then
+    a JVP must run through torch's layers, on the same rows as the forward, with the random state replayed."""
+    return module.training and any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in module.modules())

@@ -5,7 +5,7 @@ from torch import nn
 
 from mmf_lightning.config import RecordsInit
 from mmf_lightning.nets.embeddings import TimePairEmbedding, class_embedding
-from mmf_lightning.nets.jvp_layers import linear_jvp, silu_jvp
+from mmf_lightning.nets.jvp_layers import draws_dropout, linear_jvp, silu_jvp
 from mmf_lightning.nets.shapes import check_input
 
 
@@ -58,7 +58,7 @@ class MLP(RecordsInit, nn.Module):
     @property
     def has_explicit_jvp(self) -> bool:
         """False while dropout is active: its masks are drawn inside torch's own layers."""
-        return not (self.training and any(m.p > 0 for m in self.body if isinstance(m, nn.Dropout)))
+        return not draws_dropout(self)
 
     def jvp(self, z, r, t, dz, dr, dt, y=None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(u(z, r, t), du)`` along the tangent (dz, dr, dt): what ``torch.func.jvp`` of ``forward``

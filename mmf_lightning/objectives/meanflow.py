@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from mmf_lightning.nets.embeddings import GuidedLabels
+from mmf_lightning.nets.jvp_layers import draws_dropout
 from mmf_lightning.objectives.base import Objective, ObjectiveOutput, default_path
 from mmf_lightning.objectives.jvp import ReplayRNG, u_and_dudt
 from mmf_lightning.objectives.paths import expand_like
@@ -198,7 +199,7 @@ class ModularMeanFlow(Objective):
             rows = (z[order], r[order], t[order], v[order], _rows(y, order))
             return self.residual(net, *rows, lam, int((~jvp_rows).sum()))[torch.argsort(order)]
         k = n_equal
-        if self.detached_jvp_target(lam) and not _draws_random(net):
+        if self.detached_jvp_target(lam) and not draws_dropout(net):
             return self._stop_gradient_residual(net, z, r, t, v, y, k)
         parts = [net(z[:k], t[:k], t[:k], _rows(y, slice(k))) - v[:k]] if k else []
         if k < z.shape[0]:
@@ -262,12 +263,6 @@ def check_guidance_range(guidance_range, guidance_scale: float) -> tuple[float, 
             "(a fixed training-time scale, or the scale as a network input)"
         )
     return low, high
-
-
-def _draws_random(net: nn.Module) -> bool:
-    """Whether a forward draws dropout masks: then the JVP and the forward of a row must run on the same rows,
-    with the random state replayed, to see the same masks."""
-    return net.training and any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in net.modules())
 
 
 def _rows(y: torch.Tensor | GuidedLabels | None, rows) -> torch.Tensor | GuidedLabels | None:
