@@ -42,7 +42,7 @@ format: $(STAMP)
 
 # Step time and peak memory of each objective and peer as ratios over flow matching, and sampling cost,
 # in one run per network (docs/benchmarks.md): the 2-D MLP (~3 minutes), then the CIFAR-10 UNet
-# (~60 minutes on 2 cores; bench-quick: a smaller UNet, ~10 minutes), then a DiT of half DiT-S/2 (~10 minutes).
+# (~100 minutes on 2 cores; bench-quick: a smaller UNet, ~20 minutes), then a DiT of half DiT-S/2 (~10 minutes).
 bench: $(BENCH_STAMP)
 	cd benchmarks && ../$(PY) jvp_cost.py --net mlp
 	cd benchmarks && ../$(PY) jvp_cost.py
@@ -53,7 +53,7 @@ bench-quick: $(BENCH_STAMP)
 	cd benchmarks && ../$(PY) jvp_cost.py --channels 64 --num_res_blocks 2 --repeats 2
 
 # Sample quality at equal steps and at equal wall-clock time on 2-D data (5 seeds), the ODE and control
-# trajectories (5 seeds), the recipe study, the digits (3 seeds), the newer recipes and the guidance study:
+# trajectories (5 seeds), the recipe study, the digits (5 seeds), the newer recipes and the guidance study:
 # the runs behind docs/benchmarks.md (about 7 hours
 # on 2 cores); results in benchmarks/results/, and an interrupted
 # run continues where it stopped.
@@ -74,7 +74,7 @@ bench-quality: $(BENCH_STAMP)
 	cd benchmarks && ../$(PY) quality.py --datasets checkerboard moons --methods recommended_half_fm --recipe lr=2e-3
 	cd benchmarks && ../$(PY) quality.py --datasets checkerboard moons --methods fm recommended --seeds 3 \
 		--steps 10000 --recipe lr=2e-3 --out results/steps_10000
-	cd benchmarks && ../$(PY) quality.py --datasets digits --steps 600 --seeds 3 \
+	cd benchmarks && ../$(PY) quality.py --datasets digits --steps 600 --seeds 5 \
 		--methods fm meanflow_stopgrad recommended peer_meanflow warm_start
 	cd benchmarks && ../$(PY) quality.py --datasets checkerboard moons --methods imf alphaflow warm_start recommended_fd \
 		--recipe lr=3e-3
