@@ -54,20 +54,19 @@ bench-quick: $(BENCH_STAMP)
 
 # Sample quality at equal steps and at equal wall-clock time on 2-D data (5 seeds), the ODE and control
 # trajectories (5 seeds), the recipe study, the digits (5 seeds), the newer recipes and the guidance study:
-# the runs behind docs/benchmarks.md (about 7 hours
-# on 2 cores); results in benchmarks/results/, and an interrupted
-# run continues where it stopped.
+# the runs behind docs/benchmarks.md (about 8 hours on 2 cores); results in benchmarks/results/, and an
+# interrupted run continues where it stopped. QUALITY_METHODS: the methods issue 9 compares on every task.
+QUALITY_METHODS = fm meanflow_stopgrad meanflow_full mmf_lam05 mmf_lam1 mmf_curriculum mmf_lam1_inst recommended \
+	consistency
 bench-quality: $(BENCH_STAMP)
-	cd benchmarks && ../$(PY) quality.py --datasets checkerboard moons --methods fm meanflow_stopgrad meanflow_full \
-		mmf_lam05 mmf_lam1 mmf_curriculum mmf_lam1_inst recommended consistency peer_meanflow peer_rectified_flow peer_torchcfm
+	cd benchmarks && ../$(PY) quality.py --datasets checkerboard moons \
+		--methods $(QUALITY_METHODS) peer_meanflow peer_rectified_flow peer_torchcfm
 	cd benchmarks && ../$(PY) quality.py --datasets checkerboard moons \
 		--methods recommended_weighted recommended_logit_normal recommended_half_fm
-	cd benchmarks && ../$(PY) quality.py --datasets gaussian \
-		--methods fm meanflow_stopgrad mmf_lam1 recommended peer_meanflow
+	cd benchmarks && ../$(PY) quality.py --datasets gaussian --methods $(QUALITY_METHODS) peer_meanflow
 	cd benchmarks && ../$(PY) quality.py --budget time --datasets checkerboard \
 		--methods fm meanflow_stopgrad recommended peer_meanflow
-	cd benchmarks && ../$(PY) quality.py --datasets ode control \
-		--methods fm meanflow_stopgrad mmf_lam1 mmf_curriculum recommended recommended_half_fm
+	cd benchmarks && ../$(PY) quality.py --datasets ode control --methods $(QUALITY_METHODS) recommended_half_fm
 	for recipe in lr=2e-3 lr=3e-3 ema_decay=0.999 "lr=2e-3 ema_decay=0.999"; do \
 		cd benchmarks && ../$(PY) quality.py --datasets checkerboard moons --methods recommended peer_meanflow \
 			--recipe $$recipe && cd .. || exit 1; done
@@ -75,7 +74,7 @@ bench-quality: $(BENCH_STAMP)
 	cd benchmarks && ../$(PY) quality.py --datasets checkerboard moons --methods fm recommended --seeds 3 \
 		--steps 10000 --recipe lr=2e-3 --out results/steps_10000
 	cd benchmarks && ../$(PY) quality.py --datasets digits --steps 600 --seeds 5 \
-		--methods fm meanflow_stopgrad recommended peer_meanflow warm_start
+		--methods $(QUALITY_METHODS) peer_meanflow warm_start
 	cd benchmarks && ../$(PY) quality.py --datasets checkerboard moons --methods imf alphaflow warm_start recommended_fd \
 		--recipe lr=3e-3
 	cd benchmarks && ../$(PY) guidance.py --seeds 3
