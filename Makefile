@@ -57,7 +57,7 @@ bench-quick: $(BENCH_STAMP)
 # the runs behind docs/benchmarks.md (about 8 hours on 2 cores); results in benchmarks/results/, and an
 # interrupted run continues where it stopped. QUALITY_METHODS: the methods issue 9 compares on every task.
 QUALITY_METHODS = fm meanflow_stopgrad meanflow_full mmf_lam05 mmf_lam1 mmf_curriculum mmf_lam1_inst recommended \
-	consistency
+	consistency consistency_sg
 bench-quality: $(BENCH_STAMP)
 	cd benchmarks && ../$(PY) quality.py --datasets checkerboard moons \
 		--methods $(QUALITY_METHODS) peer_meanflow peer_rectified_flow peer_torchcfm

@@ -74,9 +74,10 @@ def ours(objective: Objective, lam: float | str | Callable = 0.0) -> Callable[[n
     return make
 
 
-def consistency(net: nn.Module, total_steps: int) -> Method:
-    """Consistency training (EDM's grid, its N(k) schedule ending at the run's last step)."""
-    objective = ConsistencyTraining(total_steps=total_steps)
+def consistency(net: nn.Module, total_steps: int, target_ema: float = 0.9) -> Method:
+    """Consistency training (EDM's grid, its N(k) schedule ending at the run's last step); ``target_ema`` 0.9 is
+    CT's EMA target network, 0 improved CT's stop-gradient of the online net."""
+    objective = ConsistencyTraining(total_steps=total_steps, target_ema=target_ema)
     return Method(lambda b, step: objective(net, b["x"], step=step, e=b.get("e"), path=b.get("path")).loss, objective)
 
 
@@ -176,6 +177,10 @@ METHODS: dict[str, tuple[str, Callable[[nn.Module, int], Method]]] = {
     ),
     "warm_start": ("recommended after flow matching (first third of the steps)", warm_start),
     "consistency": ("consistency training", consistency),
+    "consistency_sg": (
+        "consistency training, stop-gradient target (iCT)",
+        lambda net, total_steps: consistency(net, total_steps, target_ema=0.0),
+    ),
     # the newer recipes (configs/recipes/): iMF's v-loss without its guidance input, and alpha-Flow's curriculum
     # over the first half of the run (configs/recipes/alphaflow_checkerboard.yaml)
     "imf": (
