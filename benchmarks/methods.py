@@ -22,6 +22,7 @@ fraction of flow-matching batches. Every sample, ours and the peers', is drawn w
 u(z, t, t) for flow matching, so a K-step number means the same thing in every row.
 """
 
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -74,10 +75,10 @@ def ours(objective: Objective, lam: float | str | Callable = 0.0) -> Callable[[n
     return make
 
 
-def consistency(net: nn.Module, total_steps: int, target_ema: float = 0.9) -> Method:
-    """Consistency training (EDM's grid, its N(k) schedule ending at the run's last step); ``target_ema`` 0.9 is
-    CT's EMA target network, 0 improved CT's stop-gradient of the online net."""
-    objective = ConsistencyTraining(total_steps=total_steps, target_ema=target_ema)
+def consistency(net: nn.Module, total_steps: int, **options) -> Method:
+    """Consistency training (EDM's grid, its N(k) schedule ending at the run's last step); ``options`` go to
+    ``ConsistencyTraining`` (``target_ema=0``: improved CT's stop-gradient of the online net as the target)."""
+    objective = ConsistencyTraining(total_steps=total_steps, **options)
     return Method(lambda b, step: objective(net, b["x"], step=step, e=b.get("e"), path=b.get("path")).loss, objective)
 
 
@@ -179,7 +180,7 @@ METHODS: dict[str, tuple[str, Callable[[nn.Module, int], Method]]] = {
     "consistency": ("consistency training", consistency),
     "consistency_sg": (
         "consistency training, stop-gradient target (iCT)",
-        lambda net, total_steps: consistency(net, total_steps, target_ema=0.0),
+        functools.partial(consistency, target_ema=0.0),
     ),
     # the newer recipes (configs/recipes/): iMF's v-loss without its guidance input, and alpha-Flow's curriculum
     # over the first half of the run (configs/recipes/alphaflow_checkerboard.yaml)
