@@ -76,7 +76,7 @@ class Toy:
         self.name = name
 
     def make_net(self):
-        return MLP(dim=2, width=256, depth=4, **self.net_kwargs)
+        return MLP(**{"dim": 2, "width": 256, "depth": 4, **self.net_kwargs})  # --recipe width=512 overrides
 
     def draw(self, n: int, g: torch.Generator) -> torch.Tensor:
         return sample_distribution(self.name, n, g, **(GAUSSIAN if self.name == "gaussian" else {}))
