@@ -73,6 +73,10 @@ bench-quality: $(BENCH_STAMP)
 	cd benchmarks && ../$(PY) quality.py --datasets checkerboard moons --methods recommended_half_fm --recipe lr=2e-3
 	cd benchmarks && ../$(PY) quality.py --datasets checkerboard moons --methods fm recommended --seeds 3 \
 		--steps 10000 --recipe lr=2e-3 --out results/steps_10000
+	cd benchmarks && ../$(PY) quality.py --datasets checkerboard moons --methods recommended peer_meanflow \
+		--recipe lr=3e-3 --eval_n 50000
+	cd benchmarks && ../$(PY) quality.py --datasets checkerboard moons --methods fm recommended \
+		--steps 10000 --recipe lr=2e-3 --eval_n 50000 --out results/steps_10000
 	cd benchmarks && ../$(PY) quality.py --datasets digits --steps 600 --seeds 5 \
 		--methods $(QUALITY_METHODS) peer_meanflow warm_start
 	cd benchmarks && ../$(PY) quality.py --datasets checkerboard moons --methods imf alphaflow warm_start recommended_fd \
