@@ -77,6 +77,8 @@ bench-quality: $(BENCH_STAMP)
 		--recipe lr=3e-3 --eval_n 50000
 	cd benchmarks && ../$(PY) quality.py --datasets checkerboard moons --methods fm recommended \
 		--steps 10000 --recipe lr=2e-3 --eval_n 50000 --out results/steps_10000
+	cd benchmarks && ../$(PY) quality.py --datasets checkerboard moons --methods fm recommended --seeds 2 \
+		--steps 10000 --recipe lr=2e-3 width=512 --eval_n 50000 --out results/steps_10000
 	cd benchmarks && ../$(PY) quality.py --datasets digits --steps 600 --seeds 5 \
 		--methods $(QUALITY_METHODS) peer_meanflow warm_start
 	cd benchmarks && ../$(PY) quality.py --datasets checkerboard moons --methods imf alphaflow warm_start recommended_fd \
