@@ -337,18 +337,20 @@ def _per_seed(results, dataset, keys, hundred_key) -> str:
     """Per seed, the recommended objective's 1-step (and 2-step) error over the peer MeanFlow's on the same seed
     (the target: 30% below, a ratio <= 0.7) and its 1-step error over 100-step flow matching's (the target at a
     larger budget: <= 1.5)."""
-    ours = {s: r for (m, d, s), r in results.items() if m == "recommended" and d == dataset}
-    comparisons = [("peer_meanflow", "peer MeanFlow", k, key, key, 0.7) for k, key in enumerate(keys, 1)]
-    comparisons.append(("fm", "100-step flow matching", 1, keys[0], hundred_key, 1.5))
+    # the recommended objective and its variants (ABLATIONS)
+    comparisons = []
+    for m in ("recommended", *ABLATIONS):
+        comparisons += [(m, "peer_meanflow", "peer MeanFlow", k, key, key, 0.7) for k, key in enumerate(keys, 1)]
+        comparisons.append((m, "fm", "100-step flow matching", 1, keys[0], hundred_key, 1.5))
     parts = []
-    for other, label, k, key, other_key, target in comparisons:
-        seeds = sorted(s for s in ours if (other, dataset, s) in results)
+    for ours, other, label, k, key, other_key, target in comparisons:
+        seeds = sorted(s for (m, d, s) in results if m == ours and d == dataset and (other, dataset, s) in results)
         if not seeds:
             continue
-        ratios = [ours[s][key] / results[(other, dataset, s)][other_key] for s in seeds]
+        ratios = [results[(ours, dataset, s)][key] / results[(other, dataset, s)][other_key] for s in seeds]
         held = sum(q <= target for q in ratios)
         parts.append(
-            f"{k}-step: recommended / {label} = {statistics.mean(ratios):.2f} on average "
+            f"{k}-step: {ours} / {label} = {statistics.mean(ratios):.2f} on average "
             f"({', '.join(f'{q:.2f}' for q in ratios)}); at most {target} in {held} of {len(seeds)} seeds"
         )
     return "\n" + "\n".join(f"- {p}" for p in parts) + "\n" if parts else ""
@@ -426,11 +428,16 @@ def main():
                 f"[{i}/{len(jobs)} {time.perf_counter() - t0:5.0f}s] {d} seed {s} {m} ({secs:.0f}s): {shown}",
                 flush=True,
             )
-    results = {k: v for k, v in results.items() if k[0] in args.methods and k[1] in args.datasets}
-    table = summarise(results, args.methods, args.datasets, args.eval_n)
+    # the table keeps the rows of earlier commands with this recipe (the same jsonl), after this command's
+    results = {k: v for k, v in results.items() if k[0] in METHODS and k[1] in args.datasets}
+    earlier = [m for m in METHODS if m not in args.methods and any(k[0] == m for k in results)]
+    table = summarise(results, [*args.methods, *earlier], args.datasets, args.eval_n)
     print(table)
     md = stem.with_name(f"{stem.name}_{'_'.join(args.datasets)}.md")
-    md.write_text(f"`python benchmarks/quality.py {' '.join(sys.argv[1:])}`\n" + table + "\n")
+    header = f"`python benchmarks/quality.py {' '.join(sys.argv[1:])}`\n"
+    if earlier:
+        header += f"\nwith the rows of earlier runs in {jsonl.name} ({', '.join(earlier)})\n"
+    md.write_text(header + table + "\n")
     print(f"\nwrote {jsonl} and {md}")
 
 
