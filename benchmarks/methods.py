@@ -224,27 +224,16 @@ ABLATIONS: dict[str, tuple[str, Callable[[nn.Module, int], Method]]] = {
     ),
     # more rows with a large t - r, where the 1-step map (r, t) = (0, 1) is learnt: P(t - r > 0.8) is 4% with
     # uniform times, 0.1% with the logit-normal(-0.4, 1) above, 7% with (0, 2), 17% with (0, 3) and 23% with (0, 4)
-    "recommended_ln2": (
-        "recommended + logit-normal(0, 2) times (more large gaps)",
-        ours(
-            ModularMeanFlow("instantaneous", TimeSampler("logit_normal", 0.0, 2.0, equal_fraction=0.25)),
-            "curriculum",
-        ),
-    ),
-    "recommended_ln3": (
-        "recommended + logit-normal(0, 3) times (many large gaps)",
-        ours(
-            ModularMeanFlow("instantaneous", TimeSampler("logit_normal", 0.0, 3.0, equal_fraction=0.25)),
-            "curriculum",
-        ),
-    ),
-    "recommended_ln4": (
-        "recommended + logit-normal(0, 4) times",
-        ours(
-            ModularMeanFlow("instantaneous", TimeSampler("logit_normal", 0.0, 4.0, equal_fraction=0.25)),
-            "curriculum",
-        ),
-    ),
+    **{
+        f"recommended_ln{std}": (
+            f"recommended + logit-normal(0, {std}) times",
+            ours(
+                ModularMeanFlow("instantaneous", TimeSampler("logit_normal", 0.0, float(std), equal_fraction=0.25)),
+                "curriculum",
+            ),
+        )
+        for std in (2, 3, 4)
+    },
 }
 
 

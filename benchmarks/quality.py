@@ -334,10 +334,9 @@ def _mean_sd(values) -> str:
 
 
 def _per_seed(results, dataset, keys, hundred_key) -> str:
-    """Per seed, the recommended objective's 1-step (and 2-step) error over the peer MeanFlow's on the same seed
-    (the target: 30% below, a ratio <= 0.7) and its 1-step error over 100-step flow matching's (the target at a
-    larger budget: <= 1.5)."""
-    # the recommended objective and its variants (ABLATIONS)
+    """Per seed, the 1-step (and 2-step) error of the recommended objective and of each ABLATIONS variant over
+    the peer MeanFlow's on the same seed (the target: 30% below, a ratio <= 0.7), and its 1-step error over
+    100-step flow matching's (the target at a larger budget: <= 1.5)."""
     comparisons = []
     for m in ("recommended", *ABLATIONS):
         comparisons += [(m, "peer_meanflow", "peer MeanFlow", k, key, key, 0.7) for k, key in enumerate(keys, 1)]
