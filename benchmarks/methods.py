@@ -204,6 +204,21 @@ PEERS = {
     "peer_torchcfm": "torchcfm",
 }
 
+
+class EndpointTimes(TimeSampler):
+    """``TimeSampler`` with a share ``endpoint_fraction`` of each batch at (r, t) = (0, 1) exactly, the 1-step map
+    itself, taken from the rows with r < t (so the r = t rows stay first, as ``draw`` lays them out)."""
+
+    def __init__(self, *args, endpoint_fraction: float = 0.1, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.endpoint_fraction = endpoint_fraction
+
+    def draw(self, n, device="cpu"):
+        r, t, k = super().draw(n, device)
+        m = min(n - k, int(self.endpoint_fraction * n + torch.rand(()).item()))
+        return torch.cat([r[: n - m], r.new_zeros(m)]), torch.cat([t[: n - m], t.new_ones(m)]), k
+
+
 # Variants of the recommended objective that take one setting from the peer MeanFlow's defaults
 # (what could hold its 1-step samples back): quality runs only.
 ABLATIONS: dict[str, tuple[str, Callable[[nn.Module, int], Method]]] = {
@@ -234,6 +249,18 @@ ABLATIONS: dict[str, tuple[str, Callable[[nn.Module, int], Method]]] = {
         )
         for std in (2, 3, 4)
     },
+    # the 1-step map trained directly on a share of every batch
+    "recommended_end10": (
+        "recommended + 10% of rows at (r, t) = (0, 1)",
+        ours(ModularMeanFlow("instantaneous", EndpointTimes("uniform", equal_fraction=0.25)), "curriculum"),
+    ),
+    "recommended_ln3_end10": (
+        "recommended + logit-normal(0, 3) times, 10% at (0, 1)",
+        ours(
+            ModularMeanFlow("instantaneous", EndpointTimes("logit_normal", 0.0, 3.0, equal_fraction=0.25)),
+            "curriculum",
+        ),
+    ),
 }
 
 
