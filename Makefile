@@ -33,12 +33,12 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q -m ""
 
 lint: $(STAMP)
-	$(PY) -m ruff check mmf_lightning tests benchmarks
-	$(PY) -m ruff format --check mmf_lightning tests benchmarks
+	$(PY) -m ruff check mmf_lightning tests benchmarks notebooks
+	$(PY) -m ruff format --check mmf_lightning tests benchmarks notebooks
 
 format: $(STAMP)
-	$(PY) -m ruff format mmf_lightning tests benchmarks
-	$(PY) -m ruff check --fix mmf_lightning tests benchmarks
+	$(PY) -m ruff format mmf_lightning tests benchmarks notebooks
+	$(PY) -m ruff check --fix mmf_lightning tests benchmarks notebooks
 
 # Step time and peak memory of each objective and peer as ratios over flow matching, and sampling cost,
 # in one run per network (docs/benchmarks.md): the 2-D MLP (~3 minutes), then the CIFAR-10 UNet
