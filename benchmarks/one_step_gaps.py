@@ -72,12 +72,10 @@ def main():
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
         list(pool.map(train_once, ["fm", args.method], [args] * 2, [recipe] * 2))
     fm, ours = load("fm", args, data), load(args.method, args, data)
-    e = torch.randn(args.eval_n, 2, generator=torch.Generator().manual_seed(20_000 + args.seed))  # quality.py's
-    ref = data.draw(args.eval_n, torch.Generator().manual_seed(10_000 + args.seed))
-    fresh = data.draw(args.eval_n, torch.Generator().manual_seed(30_000 + args.seed))
+    e, ref = data.noise(args.seed), data.reference(args.seed)
     with torch.no_grad():
         rows = {
-            "fresh data": fresh,
+            "fresh data": data.second_draw(args.seed),
             "flow matching, 100 steps": fm[1].sample(fm[0], e, 100),
             f"{METHODS[args.method][0]}, 1 step": ours[1].sample(ours[0], e, 1),
             f"{METHODS[args.method][0]}, 2 steps": ours[1].sample(ours[0], e, 2),
@@ -88,8 +86,9 @@ def main():
         "| samples | sliced Wasserstein | off the board | their mean distance to it | 99.9% quantile | farthest |",
         "|---|---|---|---|---|---|",
     ]
+    distances = {name: distance_to_board(x) for name, x in rows.items()}
     for name, x in rows.items():
-        d = distance_to_board(x)
+        d = distances[name]
         off = d[d > 0]
         lines.append(
             f"| {name} | {sliced_wasserstein(x, ref, generator=torch.Generator().manual_seed(0)):.4f} "
@@ -101,7 +100,7 @@ def main():
     print("\n".join(lines))
     fig = Figure(figsize=(4 * len(rows), 4.2), layout="constrained")
     for ax, (name, x) in zip(fig.subplots(1, len(rows)), rows.items()):
-        off = distance_to_board(x) > 0
+        off = distances[name] > 0
         shown, shown_off = x[:SHOWN], off[:SHOWN]  # the picture's file stays small; the shares are of all samples
         ax.scatter(*shown[~shown_off].T, s=0.5, color="#7f9cbf", linewidths=0, antialiased=False)
         ax.scatter(*shown[shown_off].T, s=1, color="#c0392b", linewidths=0, antialiased=False)

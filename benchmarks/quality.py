@@ -84,9 +84,20 @@ class Toy:
     def batch(self, g: torch.Generator) -> dict:
         return {"x": self.draw(self.batch_size, g)}
 
+    def noise(self, seed: int) -> torch.Tensor:
+        """The (eval_n, 2) noise every method's samples start from, on this seed."""
+        return torch.randn(self.eval_n, 2, generator=torch.Generator().manual_seed(20_000 + seed))
+
+    def reference(self, seed: int) -> torch.Tensor:
+        """The seed's fresh data that samples are judged against."""
+        return self.draw(self.eval_n, torch.Generator().manual_seed(10_000 + seed))
+
+    def second_draw(self, seed: int) -> torch.Tensor:
+        """Another fresh draw of the data: what a perfect sampler would give (the floor's samples)."""
+        return self.draw(self.eval_n, torch.Generator().manual_seed(30_000 + seed))
+
     def evaluate(self, method, net, sample_steps, seed) -> dict[str, float]:
-        n, g = self.eval_n, torch.Generator().manual_seed(20_000 + seed)
-        e = torch.randn(n, 2, generator=g)
+        n, e = self.eval_n, self.noise(seed)
         if self.name == "gaussian":
             exact = GaussianAverageVelocity(torch.tensor(GAUSSIAN["mean"]), torch.tensor(GAUSSIAN["std"]))
             with torch.no_grad():
@@ -102,7 +113,7 @@ class Toy:
 
     def distances(self, x: torch.Tensor, seed: int, suffix: str = "") -> dict[str, float]:
         """SW of the samples ``x`` (eval_n, 2) against the seed's fresh data, and ED of their first ED_N."""
-        ref = self.draw(self.eval_n, torch.Generator().manual_seed(10_000 + seed))
+        ref = self.reference(seed)
         return {
             f"sw{suffix}": sliced_wasserstein(x, ref, generator=torch.Generator().manual_seed(0)),
             f"ed{suffix}": energy_distance(x[:ED_N], ref[:ED_N]),
@@ -113,7 +124,7 @@ class Toy:
         None on the tasks judged otherwise (the Gaussian's exact map, the trajectories, the digits)."""
         if self.name not in DISTRIBUTIONS:
             return None
-        return self.distances(self.draw(self.eval_n, torch.Generator().manual_seed(30_000 + seed)), seed)
+        return self.distances(self.second_draw(seed), seed)
 
 
 class Trajectories(Toy):
