@@ -471,8 +471,16 @@ class MeanFlowModule(L.LightningModule):
             optimizer = opt_cls(self.net.parameters(), fused=True, **args)
         except RuntimeError:  # a device or dtype without the fused kernel: SkipGuard drops the grads instead
             optimizer = opt_cls(self.net.parameters(), **args)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup, floor = hp.lr_warmup_steps, hp.min_lr / hp.lr
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, self.lr_factor(self.trainer.estimated_stepping_batches)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def lr_factor(self, total_steps: int):
+        """``step -> factor`` of ``lr`` at each optimizer step of a run of ``total_steps``: the linear warm-up,
+        then the cosine decay to ``min_lr`` at the last step (or constant)."""
+        hp = self.hparams
+        total, warmup, floor = max(int(total_steps), 1), hp.lr_warmup_steps, hp.min_lr / hp.lr
 
         def factor(step: int) -> float:
             if step < warmup:
@@ -482,8 +490,7 @@ class MeanFlowModule(L.LightningModule):
             progress = min(1.0, (step - warmup) / max(1, total - warmup))
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return factor
 
     # -- checkpoints -------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
