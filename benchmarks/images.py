@@ -111,15 +111,43 @@ LEVERS: list[tuple[str, list[str]]] = [
 
 def parts(method: str) -> list[str]:
     """``"a+b"`` -> ``["a", "b"]``; ``shipped`` (the config as it is) -> ``[]``; unknown names raise."""
-    if method == SHIPPED or method in PEERS:
+    if method in PEERS:
         return []
-    names = method.split("+")
+    names = [n for n in method.split("+") if n != SHIPPED]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise SystemExit(
             f"unknown variant(s) {unknown} in {method!r}; known: {SHIPPED}, {list(PEERS)}, {list(VARIANTS)}"
         )
     return names
+
+
+# the variants that set the same thing (a later one replaces an earlier one of its group in ``with_variant``)
+GROUPS = {
+    "times": "times_", "equal": "equal", "weight": "p", "lr": "lr", "warmup": "warmup", "ema": "ema",
+    "tangent": ("conditional", "instantaneous"), "lambda": ("lam", "curriculum"), "objective": ("fm", "ict"),
+}  # fmt: skip
+
+
+def group(name: str) -> str:
+    return next(g for g, prefix in GROUPS.items() if name.startswith(prefix))
+
+
+def with_variant(method: str, variant: str) -> str:
+    """``method`` with ``variant`` in place of any variant of its group."""
+    kept = [n for n in parts(method) if group(n) != group(variant)]
+    return "+".join([*kept, variant])
+
+
+def lambda_study(best: str) -> list[str]:
+    """The lambda study on the best recipe: lambda 0, 0.5, 1 and the curriculum (the best recipe's, else the
+    config's), each with the conditional and the instantaneous tangent."""
+    curriculum = next((n for n in parts(best) if n.startswith("curriculum")), "curriculum300")
+    return [
+        with_variant(with_variant(best, lam), tangent)
+        for lam in ("lam0", "lam05", "lam1", curriculum)
+        for tangent in ("conditional", "instantaneous")
+    ]
 
 
 def label(method: str) -> str:
@@ -394,7 +422,7 @@ def study(args, out: Path) -> None:
     best, log = [], []
     for lever, variants in LEVERS:
         base = "+".join(best) or SHIPPED
-        candidates = {v: "+".join([*best, v]) for v in variants}
+        candidates = {v: with_variant(base, v) for v in variants}
         results = run_jobs([base, *candidates.values()], seeds, args.steps, args.workers, out)
         scores = {base: score(results, base, seeds)} | {c: score(results, c, seeds) for c in candidates.values()}
         winner = min(scores, key=scores.get)
@@ -418,6 +446,11 @@ def main():
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--study", action="store_true", help="run the recipe study (LEVERS) instead of --methods")
     p.add_argument("--study_seeds", type=int, default=3)
+    p.add_argument(
+        "--lambda_study",
+        action="store_true",
+        help="add the lambda study on the best recipe of the study (images_best.txt) to --methods",
+    )
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args()
     out = Path(args.out)
@@ -425,6 +458,9 @@ def main():
     if args.study:
         study(args, out)
         return
+    if args.lambda_study:
+        best = (out / "images_best.txt").read_text().strip()
+        args.methods += [m for m in lambda_study(best) if m not in args.methods]
     results = run_jobs(args.methods, list(range(args.seeds)), args.steps, args.workers, out)
     shown = [*args.methods, *sorted({m for (m, _) in results} - set(args.methods))]
     text = table(results, shown, args.steps)
