@@ -467,8 +467,13 @@ class MeanFlowModule(L.LightningModule):
         hp = self.hparams
         opt_cls = torch.optim.AdamW if hp.weight_decay > 0 else torch.optim.Adam
         args = dict(lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
-        try:  # fused: skips a non-finite step on the device (found_inf), and is the fastest Adam
-            optimizer = opt_cls(self.net.parameters(), fused=True, **args)
+        # fused: skips a non-finite step on the device (found_inf), and is the fastest Adam. Not under a loss scaler
+        # (16-mixed): a fused Adam unscales inside its step, so the gradient norm, the skip and spike checks and
+        # gradient clipping would all see the scaled gradient (and Lightning refuses clipping); the plain Adam lets
+        # Lightning unscale first, and the scaler skips the steps whose gradient overflowed
+        scaled = self._trainer is not None and str(self.trainer.precision) == "16-mixed"
+        try:
+            optimizer = opt_cls(self.net.parameters(), **args, **({} if scaled else {"fused": True}))
         except RuntimeError:  # a device or dtype without the fused kernel: SkipGuard drops the grads instead
             optimizer = opt_cls(self.net.parameters(), **args)
         scheduler = torch.optim.lr_scheduler.LambdaLR(

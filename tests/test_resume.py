@@ -18,8 +18,10 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
+from helpers import quiet_trainer
 
 from mmf_lightning.runs import find_runs
 
@@ -143,3 +145,76 @@ def test_slurm_requeue_signal_saves_and_the_requeued_job_resumes_by_itself(tmp_p
     after = _losses(job / "mmf_curriculum_instantaneous" / "version_4242")  # the job id pins the run folder
     for step in range(7, 12):
         assert after[step] == reference[step], f"step {step}: requeued {after[step]}, whole {reference[step]}"
+
+
+# -- in one process: where the stop lands within an epoch or an optimizer step ---------------------
+class _Recorder(L.Callback):
+    """The rows of every micro-batch (their sum), and on request a SIGTERM to this process after micro-batch
+    ``sigterm_after`` (counted from 1 over this fit)."""
+
+    def __init__(self, sigterm_after: int | None = None, stop_at_step: int | None = None):
+        self.batches, self.seen, self.sigterm_after, self.stop_at_step = [], 0, sigterm_after, stop_at_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.batches.append(round(float(batch["x"].sum()), 6))
+        self.seen += 1
+        trainer.should_stop = trainer.global_step == self.stop_at_step  # (the learning rate still decays over all)
+        if self.seen == self.sigterm_after:
+            os.kill(os.getpid(), signal.SIGTERM)  # Lightning's handler sets the flag; it stops at a batch end
+
+
+def _fit(tmp_path, max_steps, *, ckpt_path=None, recorder=None, every=None, num_train=1024, **trainer_kw):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from mmf_lightning import MeanFlowModule
+    from mmf_lightning.callbacks import LambdaScheduler
+    from mmf_lightning.callbacks.preemption import SaveOnPreemption
+    from mmf_lightning.data import ToyDataModule
+    from mmf_lightning.nets import MLP
+    from mmf_lightning.objectives import LinearWarmup, ModularMeanFlow, TimeSampler
+
+    L.seed_everything(0)
+    module = MeanFlowModule(MLP(dim=2, width=16, depth=1), ModularMeanFlow("instantaneous", TimeSampler("uniform")))
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=every)
+    callbacks = [LambdaScheduler(LinearWarmup(4)), checkpoints, SaveOnPreemption(), recorder or _Recorder()]
+    trainer = quiet_trainer(tmp_path, max_steps=max_steps, limit_val_batches=0, callbacks=callbacks, **trainer_kw)
+    trainer.fit(module, ToyDataModule(num_train=num_train, batch_size=32), ckpt_path=ckpt_path)
+    return module, callbacks[-1]
+
+
+def _same_weights(a, b):
+    for (name, p), q in zip(a.net.named_parameters(), b.net.parameters()):
+        assert torch.equal(p, q), name
+
+
+@pytest.mark.parametrize(
+    "limit, num_train", [(5, 1024), (5 / 32, 1024), (None, 160)], ids=["count", "fraction", "none"]
+)
+def test_resume_at_an_epoch_end_with_limited_epochs_is_exact(tmp_path, limit, num_train):
+    """limit_train_batches (a count, or a fraction of the 32 batches), or 160 rows: an epoch is 5 batches. A run
+    resumed from the checkpoint at the end of the first epoch reads the second epoch from its first batch and
+    draws the noise the whole run draws."""
+    kw = dict(num_train=num_train, limit_train_batches=limit or 1.0)
+    whole, seen = _fit(tmp_path / "whole", 8, **kw)
+    _fit(tmp_path / "first", 8, every=5, recorder=_Recorder(stop_at_step=5), **kw)
+    resumed, seen_after = _fit(tmp_path / "first", 8, ckpt_path=tmp_path / "first/ckpt/last.ckpt", **kw)
+    assert seen_after.batches == seen.batches[5:]
+    _same_weights(resumed, whole)
+
+
+@pytest.mark.parametrize("after", [5, 6], ids=["mid-step", "step-boundary"])
+def test_sigterm_between_micro_batches_resumes_exactly(tmp_path, after):
+    """accumulate_grad_batches=2: a SIGTERM after micro-batch 5 (half of optimizer step 3) finishes that step
+    before it saves, so the resumed run neither skips nor repeats a micro-batch; after micro-batch 6 it stops
+    at once. Either way the resumed run ends with the weights of the run that was never stopped."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    whole, seen = _fit(tmp_path / "whole", 6, accumulate_grad_batches=2)
+    stopped = _Recorder(sigterm_after=after)
+    with pytest.raises(SIGTERMException):
+        _fit(tmp_path / "stopped", 6, recorder=stopped, accumulate_grad_batches=2)
+    assert torch.load(tmp_path / "stopped/ckpt/last.ckpt", weights_only=True)["global_step"] == 3
+    resumed, seen_after = _fit(tmp_path / "stopped", 6, ckpt_path=tmp_path / "stopped/ckpt/last.ckpt",
+                               accumulate_grad_batches=2)  # fmt: skip
+    assert stopped.batches + seen_after.batches == seen.batches
+    _same_weights(resumed, whole)

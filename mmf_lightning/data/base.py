@@ -70,17 +70,19 @@ class DataModuleBase(L.LightningDataModule):
                 f"{self.batch_size}; lower batch_size"
             )
         batch = self.device_batch_size(train)
+        sampler = self._train_sampler(dataset, batch) if train else None
         return DataLoader(
             dataset,
             batch_size=batch,
-            sampler=self._train_sampler(dataset, batch) if train else None,
+            sampler=sampler,
             drop_last=train,
             num_workers=self.num_workers,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
             pin_memory=self.pin_memory,
-            # a DataLoader draws a seed from its generator at every pass: evaluation loaders get their
-            # own, so validating does not move training's random stream
-            generator=None if train else torch.Generator().manual_seed(0),
+            # a DataLoader draws a seed (its workers') from its generator at every pass: not from torch's global one,
+            # so no pass moves the stream the objective draws from. The training pass's seed is a function of
+            # (seed, epoch, rank): a run resumed at an epoch's end draws what the whole run draws after it.
+            generator=sampler.loader_generator if train else torch.Generator().manual_seed(0),
         )
 
     def _train_sampler(self, dataset: Dataset, batch: int) -> "ResumableSampler":
@@ -91,7 +93,7 @@ class DataModuleBase(L.LightningDataModule):
             # a resumed run: the batches of its epoch that went through an optimizer step were seen
             # (``processed``: a checkpoint saved at batch end precedes the batch's ``completed``)
             done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-            per_epoch = max(1, len(sampler) // batch)
+            per_epoch = max(1, batches_per_epoch(len(sampler) // batch, trainer.limit_train_batches))
             sampler.set_epoch(trainer.current_epoch + done // per_epoch)
             sampler.skip = (done % per_epoch) * batch
         return sampler
@@ -117,6 +119,14 @@ class DataModuleBase(L.LightningDataModule):
         return self.test_dataloader()
 
 
+def batches_per_epoch(full: int, limit: int | float | None) -> int:
+    """The training batches of an epoch of ``full`` under ``limit_train_batches`` (a count, or a fraction of
+    ``full``), as Lightning counts them."""
+    if limit is None:
+        return full
+    return min(full, limit) if isinstance(limit, int) else int(full * limit)
+
+
 def split_batch(global_batch: int, world_size: int, accumulate: int = 1) -> int:
     """The per-rank micro-batch of a global batch; an error naming all three when it does not divide."""
     parts = world_size * accumulate
@@ -135,8 +145,14 @@ class ResumableSampler(DistributedSampler):
     out of the next pass only, for a run resumed mid-epoch. Lightning calls ``set_epoch``."""
 
     def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0):
+        self.loader_generator = torch.Generator()  # the DataLoader's: reseeded every epoch
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         self.skip = 0
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.loader_generator.manual_seed(((self.seed * 1_000_003 + epoch) * 1_009 + self.rank) % 2**63)
 
     def __iter__(self):
         indices = list(super().__iter__())

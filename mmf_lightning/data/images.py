@@ -111,12 +111,17 @@ class ImageDataModule(DataModuleBase):
         base = self._splits()[0 if split == "train" else 1]
         return LabelledImages(base, image_transform(False, False, self.image_size))
 
-    def setup(self, stage: str | None = None) -> None:
-        train, val = self._splits()
+    def training_images(self, augment: bool = True) -> Dataset:
+        """The images this module trains on: the training split, or its ``subset_fraction``; with ``augment``
+        False, without random flips (what ``LatentDataModule`` encodes)."""
+        train = self._splits()[0]
         if self.subset_fraction < 1.0:
             train = Subset(train, balanced_subset(self._train_labels(train), self.subset_fraction, self.subset_seed))
-        self.train_set = LabelledImages(train, image_transform(True, self.random_flip, self.image_size))
-        self.val_set = LabelledImages(val, image_transform(False, False, self.image_size))
+        return LabelledImages(train, image_transform(True, augment and self.random_flip, self.image_size))
+
+    def setup(self, stage: str | None = None) -> None:
+        self.train_set = self.training_images()
+        self.val_set = LabelledImages(self._splits()[1], image_transform(False, False, self.image_size))
 
 
 class DigitsDataModule(ImageDataModule):

@@ -72,7 +72,7 @@ class LatentDataModule(DataModuleBase):
     def data_shape(self) -> tuple[int, ...]:
         """The latent shape (c, h, w), from encoding one image."""
         if self._data_shape is None:
-            x = self.images.reference_set("train")[0]["x"][None]
+            x = self.images_of("train")[0]["x"][None]
             with torch.no_grad():
                 self._data_shape = tuple(self.autoencoder.encode(x).shape[1:])
         return self._data_shape
@@ -84,10 +84,15 @@ class LatentDataModule(DataModuleBase):
         key = f"{type(self.images).__name__}|{split}|{dataset_fingerprint(dataset)}|{self._autoencoder_id}"
         return self.cache_dir / f"{type(self.images).__name__}-{split}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
 
+    def images_of(self, split: str) -> Dataset:
+        """What is encoded: the images the image DataModule trains on ("train": its subset, unflipped) or validates
+        on ("val")."""
+        return self.images.training_images(augment=False) if split == "train" else self.images.reference_set(split)
+
     def encoded(self, split: str) -> dict[str, torch.Tensor]:
-        """{"z": unscaled latents (N, c, h, w), "y": labels (N,)} of the image DataModule's ``split``, from the cache
-        or encoded now and cached (``files``: under a lock, written whole and renamed into place)."""
-        dataset = self.images.reference_set(split)
+        """{"z": unscaled latents (N, c, h, w), "y": labels (N,)} of ``images_of(split)``, from the cache or encoded
+        now, on the trainer's device, and cached (``files``: under a lock, written whole and renamed into place)."""
+        dataset = self.images_of(split)
         path = self.cache_file(split, dataset)
         if path.is_file():
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -96,9 +101,11 @@ class LatentDataModule(DataModuleBase):
                 return torch.load(path, map_location="cpu", weights_only=True)
             zs, ys = [], []
             loader = DataLoader(dataset, batch_size=self.encode_batch_size, shuffle=False)
+            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+            encoder = self.autoencoder.to(device)
             with torch.no_grad():
                 for batch in tqdm(loader, desc=f"encoding the {split} images", unit="batch", leave=False):
-                    zs.append(self.autoencoder.encode(batch["x"]).float())
+                    zs.append(encoder.encode(batch["x"].to(device)).float().cpu())
                     ys.append(batch["y"])
             out = {"z": torch.cat(zs), "y": torch.cat(ys)}
             with atomic_write(path) as tmp:
@@ -123,7 +130,7 @@ class LatentDataModule(DataModuleBase):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Model samples (B, c, h, w) in the scaled latent space -> images (B, C, H, W) in [-1, 1]."""
         if self.scale is None:  # from the cached training latents (their std), never by encoding the set here
-            path = self.cache_file("train", self.images.reference_set("train"))
+            path = self.cache_file("train", self.images_of("train"))
             if not path.is_file():
                 raise FileNotFoundError(
                     f"decoding needs the latents' scale, from the encoded training latents {path}, which are not "

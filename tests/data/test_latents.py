@@ -86,3 +86,55 @@ def test_bad_autoencoders_and_missing_vae_weights_are_named(tmp_path, monkeypatc
     with pytest.raises(FileNotFoundError, match="weights 'stabilityai/sd-vae-ft-ema' are not on this machine.*"
                        "huggingface-cli download stabilityai/sd-vae-ft-ema --local-dir"):  # fmt: skip
         StableDiffusionVAE()
+
+
+def test_latents_are_the_images_the_wrapped_module_trains_on_its_subset_included(tmp_path):
+    """The data-fraction study in latent space: with subset_fraction=0.1 the latents are exactly the encodings of
+    the image module's own training subset (its rows, its class balance), and another fraction has its own cache."""
+    images = DigitsDataModule(batch_size=32, subset_fraction=0.1, random_flip=False)
+    images.setup("fit")
+    train = torch.stack([images.train_set[i]["x"] for i in range(len(images.train_set))])
+    labels = torch.stack([images.train_set[i]["y"] for i in range(len(images.train_set))])
+    ae = ConvAutoencoder(in_channels=1, latent_channels=2, width=8, levels=1, seed=0)
+    dm = LatentDataModule(DigitsDataModule(batch_size=32, subset_fraction=0.1), ae, cache_dir=str(tmp_path / "l"))
+    dm.setup("fit")
+    assert len(dm.train_set) == len(images.train_set) == 143
+    with torch.no_grad():
+        torch.testing.assert_close(dm.train_set.tensors["x"], ae.encode(train) * dm.scale)
+    assert torch.equal(dm.train_set.tensors["y"], labels)
+    assert len(dm.val_set) == len(images.val_set)  # validation is never subset
+    whole = LatentDataModule(DigitsDataModule(batch_size=32), ae, cache_dir=str(tmp_path / "l"))
+    whole.setup("fit")
+    assert len(whole.train_set) == len(DigitsDataModule().reference_set("train")) == 1438
+    assert len(list((tmp_path / "l").glob("*train*.pt"))) == 2  # the subsets' caches are told apart
+
+
+class _DeviceRecorder(torch.nn.Module):
+    """The autoencoder interface, recording the device each batch of images is encoded on."""
+
+    def __init__(self):
+        super().__init__()
+        self.devices = []
+
+    def encode(self, x):
+        self.devices.append(x.device)
+        return torch.zeros(x.shape[0], 2, 4, 4)  # (a meta tensor holds no values to cache)
+
+    def decode(self, z):
+        return torch.zeros(z.shape[0], 1, 8, 8, device=z.device)
+
+    def identity(self):
+        return "recorder"
+
+
+def test_images_are_encoded_on_the_trainers_device(tmp_path):
+    """The encoding runs where the trainer trains (a GPU's hours, not a CPU's days); a stand-in trainer whose
+    device is `meta` shows where the batches go (there is no GPU here), and the cached latents come back on the
+    CPU."""
+    from types import SimpleNamespace
+
+    ae = _DeviceRecorder()
+    dm = LatentDataModule(DigitsDataModule(batch_size=32), ae, cache_dir=str(tmp_path), encode_batch_size=512)
+    dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("meta")))
+    out = dm.encoded("val")
+    assert ae.devices == [torch.device("meta")] and out["z"].device == torch.device("cpu")

@@ -267,3 +267,33 @@ def test_trainer_bf16_mixed_on_cpu(tmp_path):
     # autocast forwards. The loss averages 16 * 64 squared residuals, so the rounding mostly cancels
     # (measured ~2e-4 relative); one bf16 unit roundoff (3.9e-3) still fails any real mismatch.
     assert amp.losses[0] == pytest.approx(ref.losses[0], rel=UNIT_ROUNDOFF[torch.bfloat16])
+
+
+class _FirstNorm(L.Callback):
+    """The module's gradient norm of the first optimizer step (what it logs and what SpikeRollback judges)."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == 1:
+            self.norm = float(pl_module.last_grad_norm)
+
+
+@pytest.mark.parametrize("clip", [None, 0.5])
+def test_fp16_mixed_logs_the_true_gradient_norm_and_clips(tmp_path, clip):
+    """16-mixed with its loss scaler (torch's GradScaler on the CPU here; Lightning's 16-mixed on a GPU): the
+    gradient norm is the unscaled gradient's, within fp16 rounding of the float32 run's on the same first batch
+    (not 2^16 times it), and gradient_clip_val works."""
+    from lightning.pytorch.plugins import MixedPrecision
+
+    from mmf_lightning.data import ToyDataModule
+    from mmf_lightning.objectives import TimeSampler
+
+    norms = []
+    for plugin in (None, MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))):
+        L.seed_everything(0)
+        module = MeanFlowModule(MLP(dim=2, width=32, depth=2), ModularMeanFlow("instantaneous", TimeSampler("uniform")))
+        first = _FirstNorm()
+        trainer = quiet_trainer(tmp_path, max_steps=2, limit_val_batches=0, callbacks=[LambdaScheduler(), first],
+                                plugins=[plugin] if plugin else None, gradient_clip_val=clip)  # fmt: skip
+        trainer.fit(module, ToyDataModule(num_train=512, batch_size=64))
+        norms.append(first.norm)
+    assert norms[1] == pytest.approx(norms[0], rel=0.01)
