@@ -284,6 +284,7 @@ class MeanFlowModule(L.LightningModule):
         if not self.hparams.get("shard") or self._trainer is None or isinstance(self.net, FSDPModule):
             return
         check_sharding(self.trainer, self.objective, shard=True)
+        self.objective.same_calls_on_every_rank = True  # the ranks' calls gather weights: the same calls on each
         mesh = self.device_mesh["data_parallel"]
         for block in sharded_blocks(self.net):
             fully_shard(block, mesh=mesh)

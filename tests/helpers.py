@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from mmf_lightning.cli import MMFLightningCLI
+from mmf_lightning.objectives import TimeSampler
 
 
 def directional_difference(loss_fn, params, direction, h: float = 1e-6) -> torch.Tensor:
@@ -244,3 +245,16 @@ class StepMarker(L.Callback):
             Path(self.path).write_text(f"{self.first} {trainer.global_step} {pl_module.lam}")
             if trainer.global_step == self.step:
                 time.sleep(self.pause)  # room for a test's signal to land at this step
+
+
+class RankSkewedTimes(TimeSampler):
+    """Uniform times with every row r < t on rank 0 and every row r = t on rank 1 (of a process group): the two
+    ranks' batches take different branches of the objective's step."""
+
+    def __init__(self):
+        super().__init__("uniform", equal_fraction=0.5)
+
+    def equal_count(self, n: int) -> int:
+        import torch.distributed as dist
+
+        return n if dist.is_initialized() and dist.get_rank() == 1 else 0

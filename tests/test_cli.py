@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -288,6 +289,38 @@ def test_fsdp2_two_ranks_lambda_one_gradients_agree(tmp_path):
     module = MeanFlowModule.load_from_checkpoint(ckpt)
     assert module.hparams.shard and type(module.net).__name__ == "MLP"
     assert module.sample(8, 1).shape == (8, 2)
+
+
+def test_fsdp2_ranks_whose_rows_take_different_branches_do_not_hang(tmp_path):
+    """FSDP2 gathers a sharded DiT block's weights in every call of the network, a collective: rank 0 draws only
+    rows r < t (the tangent's forward and the JVP) and rank 1 only rows r = t (one forward), and both still call the
+    network alike, so the step finishes (it hung until the collective timed out) with the same all-reduced
+    gradient on both ranks."""
+    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    dit = {"in_channels": 1, "image_size": 8, "patch_size": 2, "width": 32, "depth": 2, "heads": 2}
+    cmd = [
+        sys.executable, "-m", "mmf_lightning", "fit", "--config", str(ROOT / "configs/digits/quick.yaml"),
+        *_quiet(tmp_path, steps=1), "--trainer.devices=2", "--trainer.callbacks=[]", "--fid=null",
+        "--trainer.strategy=lightning.pytorch.strategies.ModelParallelStrategy",
+        "--trainer.strategy.data_parallel_size=2", "--trainer.strategy.tensor_parallel_size=1",
+        "--trainer.num_sanity_val_steps=0", "--trainer.limit_val_batches=0", "--model.shard=true",
+        "--model.net=mmf_lightning.nets.DiT", *(f"--model.net.init_args.{k}={v}" for k, v in dit.items()),
+        "--model.objective.init_args.time_sampler=helpers.RankSkewedTimes",
+        "--lambda_schedule.schedule=mmf_lightning.objectives.Constant", "--lambda_schedule.schedule.init_args.value=1",
+        "--trainer.callbacks+=helpers.GradientRecorder", f"--trainer.callbacks.out_dir={tmp_path / 'grads'}",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        out, _ = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the ranks too
+        pytest.fail("the sharded step hung: the ranks called the network a different number of times")
+    assert proc.returncode == 0, out[-3000:]
+    ranks = [torch.load(tmp_path / "grads" / f"rank{i}.pt") for i in (0, 1)]
+    for name, g0 in ranks[0]["grads"].items():
+        torch.testing.assert_close(ranks[1]["grads"][name], g0, msg=name)
+        assert torch.isfinite(g0).all(), name
 
 
 def test_two_nodes_of_one_process_each_under_torchrun(tmp_path):

@@ -76,6 +76,11 @@ class ModularMeanFlow(Objective):
     """
 
     uses_lambda = True
+    #: run every branch of the step (the r = t rows' forward, the r < t rows' JVP) even when a batch has no rows
+    #: for it, so that every rank calls the network the same number of times whatever its rows drew: a sharded
+    #: network (FSDP2) gathers its weights in every call, a collective the other ranks must join. Set by
+    #: ``MeanFlowModule`` when it shards the network.
+    same_calls_on_every_rank: bool = False
 
     def __init__(
         self,
@@ -201,8 +206,9 @@ class ModularMeanFlow(Objective):
         k = n_equal
         if self.detached_jvp_target(lam) and not draws_dropout(net):
             return self._stop_gradient_residual(net, z, r, t, v, y, k)
-        parts = [net(z[:k], t[:k], t[:k], _rows(y, slice(k))) - v[:k]] if k else []
-        if k < z.shape[0]:
+        every = self.same_calls_on_every_rank
+        parts = [net(z[:k], t[:k], t[:k], _rows(y, slice(k))) - v[:k]] if k or every else []
+        if k < z.shape[0] or every:
             tail = slice(k, None)
             parts.append(self._meanflow_residual(net, z[k:], r[k:], t[k:], v[k:], _rows(y, tail), lam))
         return parts[0] if len(parts) == 1 else torch.cat(parts)
@@ -222,7 +228,7 @@ class ModularMeanFlow(Objective):
         """lambda = 0 without dropout: du/dt needs no graph, so it is a no-grad JVP of the r < t rows only, and
         u comes from one forward over every row (u(z, t, t) of the r = t rows is the same call): one forward
         and one backward per step, as in flow matching, where a split batch would take two of each."""
-        if k < z.shape[0]:
+        if k < z.shape[0] or self.same_calls_on_every_rank:
             tail = slice(k, None)
             dz = self._tangent(net, z[tail], r[tail], t[tail], v[tail], _rows(y, tail))
             # the JVP first, so its buffers are freed before the forward stores activations for backward

@@ -306,3 +306,32 @@ def test_bad_configuration():
         ModularMeanFlow(guidance_scale=2.0).check_net(_mlp())
     with pytest.raises(ValueError, match="equal_fraction must be in \\[0, 1\\], got 1.5"):
         TimeSampler(equal_fraction=1.5)
+
+
+@pytest.mark.parametrize("lam", [0.0, 1.0])
+@pytest.mark.parametrize("equal_fraction", [0.0, 1.0])
+def test_every_branch_on_every_rank_changes_no_value_or_gradient(lam, equal_fraction):
+    """``same_calls_on_every_rank`` (set for a sharded net) calls the network for an empty share of rows too: the
+    calls are those of a batch with both kinds of rows, and the loss and gradients are unchanged."""
+    from mmf_lightning.nets import MLP
+
+    calls = {}
+    for every in (False, True):
+        torch.manual_seed(0)
+        net = MLP(dim=2, width=16, depth=1)
+        n, jvp = [0], net.jvp
+        net.register_forward_pre_hook(lambda *_: n.__setitem__(0, n[0] + 1))
+        net.jvp = lambda *a, **k: (n.__setitem__(0, n[0] + 1), jvp(*a, **k))[1]  # the MLP's own JVP: a call too
+        objective = ModularMeanFlow("instantaneous", TimeSampler("uniform", equal_fraction=equal_fraction))
+        objective.same_calls_on_every_rank = every
+        torch.manual_seed(1)
+        loss = objective(net, torch.randn(8, 2), lam=lam).loss
+        loss.backward()
+        calls[every] = (n[0], loss.detach(), [p.grad.clone() for p in net.parameters()])
+    assert calls[True][1] == calls[False][1]
+    for a, b in zip(calls[True][2], calls[False][2]):
+        assert torch.equal(a, b)
+    # the empty share's calls: no r < t rows, their tangent's forward and their JVP; no r = t rows, their forward
+    # (at lambda = 0 that forward is one with the other rows': no extra call)
+    extra = 2 if equal_fraction == 1 else int(lam)
+    assert calls[True][0] == calls[False][0] + extra
