@@ -308,6 +308,19 @@ def test_bad_configuration():
         TimeSampler(equal_fraction=1.5)
 
 
+def _count_calls(net) -> list[int]:
+    """A counter of the net's forward calls and of its explicit JVP's (the MLP's own: a call too)."""
+    n, jvp = [0], net.jvp
+
+    def counted_jvp(*args, **kwargs):
+        n[0] += 1
+        return jvp(*args, **kwargs)
+
+    net.register_forward_pre_hook(lambda *_: n.__setitem__(0, n[0] + 1))
+    net.jvp = counted_jvp
+    return n
+
+
 @pytest.mark.parametrize("lam", [0.0, 1.0])
 @pytest.mark.parametrize("equal_fraction", [0.0, 1.0])
 def test_every_branch_on_every_rank_changes_no_value_or_gradient(lam, equal_fraction):
@@ -319,9 +332,7 @@ def test_every_branch_on_every_rank_changes_no_value_or_gradient(lam, equal_frac
     for every in (False, True):
         torch.manual_seed(0)
         net = MLP(dim=2, width=16, depth=1)
-        n, jvp = [0], net.jvp
-        net.register_forward_pre_hook(lambda *_: n.__setitem__(0, n[0] + 1))
-        net.jvp = lambda *a, **k: (n.__setitem__(0, n[0] + 1), jvp(*a, **k))[1]  # the MLP's own JVP: a call too
+        n = _count_calls(net)
         objective = ModularMeanFlow("instantaneous", TimeSampler("uniform", equal_fraction=equal_fraction))
         objective.same_calls_on_every_rank = every
         torch.manual_seed(1)
