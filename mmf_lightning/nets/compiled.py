@@ -1,5 +1,7 @@
 """A network's forward, and its explicit JVP when it has one, compiled with ``torch.compile``."""
 
+import copy
+
 import torch
 from torch import nn
 
@@ -21,7 +23,7 @@ class CompiledNet:
         import torch._inductor.config
 
         torch._inductor.config.fallback_random = True
-        self.net = net
+        self.net, self._compile_kwargs = net, compile_kwargs
         self._forward = torch.compile(net, **compile_kwargs)
         self._jvp = torch.compile(net.jvp, **compile_kwargs) if hasattr(net, "jvp") else None
 
@@ -34,4 +36,11 @@ class CompiledNet:
         return self._jvp(*args, **kwargs)
 
     def __getattr__(self, name: str):
+        if "net" not in self.__dict__:  # a copy or an unpickling under way: nothing to forward to yet
+            raise AttributeError(name)
         return getattr(self.__dict__["net"], name)
+
+    def __deepcopy__(self, memo) -> "CompiledNet":
+        """A compiled wrapper of a copy of the network (consistency training's target, Lightning's EMA copy of a
+        module that keeps its compiled net); compiled again at its first call."""
+        return CompiledNet(copy.deepcopy(self.net, memo), **self._compile_kwargs)

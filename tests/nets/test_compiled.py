@@ -95,3 +95,25 @@ def test_a_compiled_training_run_is_the_eager_run(tmp_path):
         torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6)
     keys = [set(torch.load(tmp_path / f"{c}.ckpt", weights_only=False)["state_dict"]) for c in (False, True)]
     assert keys[0] == keys[1]
+
+
+def test_a_compiled_net_and_a_module_holding_one_can_be_deep_copied():
+    """Consistency training's EMA target is a deep copy of the net it is called with (the compiled one under
+    model.compile), and Lightning's EMA deep-copies the module, which keeps its compiled net between fits."""
+    import copy
+
+    from mmf_lightning.objectives import ConsistencyTraining
+
+    torch.manual_seed(0)
+    net = MLP(dim=2, width=8, depth=1)
+    twin = copy.deepcopy(CompiledNet(net))
+    assert isinstance(twin, CompiledNet) and twin.net is not net
+    for p, q in zip(net.parameters(), twin.net.parameters(), strict=True):
+        assert torch.equal(p, q) and p is not q
+    objective = ConsistencyTraining(total_steps=10, target_ema=0.9)
+    loss = objective(CompiledNet(net, backend="eager"), torch.randn(8, 2)).loss  # copies it for the target
+    assert torch.isfinite(loss) and objective.target is not None
+    module = MeanFlowModule(net, ModularMeanFlow(), compile=True)
+    module._training_net()  # what the first compiled training step builds and keeps
+    copied = copy.deepcopy(module)
+    assert copied._compiled_net is None or copied._compiled_net.net is copied.net
