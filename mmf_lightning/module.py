@@ -17,9 +17,10 @@ from torch import nn
 from mmf_lightning import sampling
 from mmf_lightning.config import check_count, init_config
 from mmf_lightning.nets.compiled import CompiledNet
+from mmf_lightning.nets.embeddings import check_labels
 from mmf_lightning.objectives import Objective, SampledPath
 from mmf_lightning.objectives.time_sampling import check_times
-from mmf_lightning.rng_state import gather_rng, restore_rng
+from mmf_lightning.rng_state import gather_rng, rank_seed, restore_rng
 from mmf_lightning.sharding import FSDPModule, check_sharding, fully_shard, sharded_blocks
 from mmf_lightning.skip_guard import SkipGuard
 from mmf_lightning.sources import Source, StandardNormal
@@ -242,8 +243,9 @@ class MeanFlowModule(L.LightningModule):
         if y is None:  # a class-conditional net samples uniformly random classes
             device = generator.device if generator is not None else self.device
             return torch.randint(0, num_classes, (n,), generator=generator, device=device).to(self.device)
-        y = torch.as_tensor(y, device=self.device).long().expand(n)
-        return y
+        y = torch.as_tensor(y).long()
+        check_labels(y, num_classes)
+        return y.to(self.device).expand(n)
 
     # -- training ----------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -299,7 +301,7 @@ class MeanFlowModule(L.LightningModule):
             loaded = load_initial_weights(self.net, self.init_from, self.init_key_map)
             rank_zero_info(f"started the network from {self.init_from} ({loaded} tensors)")
         if self.trainer.world_size > 1:  # every rank would otherwise draw the same noise and times
-            torch.manual_seed(torch.initial_seed() + self.global_rank)
+            torch.manual_seed(rank_seed(torch.initial_seed(), self.global_rank))
         schedulers = [cb for cb in self.trainer.callbacks if type(cb).__name__ == "LambdaScheduler"]
         if len(schedulers) > 1:
             raise ValueError(

@@ -51,3 +51,16 @@ def restore_rng(state: dict, rank: int, world_size: int) -> None:
     np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, gauss, cached))
     version, internal, gauss_next = mine["python"]
     random.setstate((version, tuple(internal), gauss_next))
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of ``rank``'s random streams in a run seeded ``seed``: the seed itself on rank 0 (a one-device run
+    draws what rank 0 of a DDP run does), else a 62-bit hash of (seed, rank) with bit 62 set. ``seed + rank`` would
+    give rank 1 of the seed-0 run the streams of rank 0 of the seed-1 run: a DDP seed sweep would repeat itself.
+    Here no rank > 0 shares a stream with any seed below 2^62, nor (up to hash collisions) with another pair."""
+    if rank == 0:
+        return seed
+    import numpy as np
+
+    state = np.random.SeedSequence([seed % 2**64, rank]).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 30 ^ int(state[1])) % 2**62 | 1 << 62

@@ -142,3 +142,14 @@ def test_guidance_input_errors_are_named():
         ModularMeanFlow(guidance_range=(3.0, 1.0))
     with pytest.raises(ValueError, match=r"guidance_range=\[1.0, 2.0\] needs labels y"):
         ModularMeanFlow(guidance_range=(1.0, 2.0))(_guidance_input_net(), torch.randn(4, 2).double())
+
+
+@pytest.mark.parametrize("guidance", [{"guidance_scale": 2.0}, {"guidance_range": (1.0, 3.0)}])
+def test_training_time_guidance_without_label_dropout_is_refused(guidance):
+    """The guided target uses u(z, t, t | null): with label_dropout = 0 the null label never trains, so the run is
+    refused before training (check_net, called by the module's setup), naming label_dropout."""
+    net = _guidance_input_net() if "guidance_range" in guidance else _net()
+    with pytest.raises(ValueError, match=r"label_dropout=0.0: the null label .* never trained.*set label_dropout"):
+        ModularMeanFlow(**guidance).check_net(net)
+    ModularMeanFlow(label_dropout=0.1, **guidance).check_net(net)
+    ModularMeanFlow().check_net(net)  # no guidance: no null label needed

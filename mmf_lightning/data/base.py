@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from mmf_lightning.config import check_count
+from mmf_lightning.nets.embeddings import check_labels
 
 
 class DictDataset(Dataset):
@@ -97,6 +98,15 @@ class DataModuleBase(L.LightningDataModule):
             sampler.set_epoch(trainer.current_epoch + done // per_epoch)
             sampler.skip = (done % per_epoch) * batch
         return sampler
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """Labels are checked here, where they enter, while they are on the host: a check in the network's forward
+        would be a device-to-host sync per call on an accelerator (the module's setup checks that the network has
+        this module's ``num_classes``)."""
+        y = batch.get("y") if isinstance(batch, dict) else None
+        if self.num_classes and torch.is_tensor(y) and y.dim() == 1:
+            check_labels(y, self.num_classes)
+        return batch
 
     def device_batch_size(self, train: bool = True) -> int:
         """Rows per micro-batch on each rank: ``batch_size`` split over the ranks (and, for training,

@@ -108,9 +108,10 @@ class ClassEmbedding(nn.Module):
         labels, scale = y if isinstance(y, GuidedLabels) else (y, None)
         if labels.dtype not in (torch.int32, torch.int64):
             raise TypeError(f"class labels must be integer, got dtype {labels.dtype}")
-        if (labels < 0).any() or (labels > self.num_classes).any():
-            bad = labels[(labels < 0) | (labels > self.num_classes)][0].item()
-            raise ValueError(f"class label {bad} outside [0, {self.num_classes}] (num_classes={self.num_classes})")
+        # labels are checked where they enter (MeanFlowModule's batches, on the host); here only when that costs
+        # nothing: on an accelerator a range check is a device-to-host sync, and under torch.compile a graph break
+        if labels.device.type == "cpu" and not torch.compiler.is_compiling():
+            check_labels(labels, self.num_classes, null_allowed=True)
         emb = self.embed(labels)
         if self.scale_embed is None:
             if scale is not None:
@@ -120,6 +121,18 @@ class ClassEmbedding(nn.Module):
             scale = torch.ones(labels.shape, device=labels.device)
         with torch.autocast(device_type=labels.device.type, enabled=False):  # float32, as TimePairEmbedding
             return emb + self.scale_embed(scale - 1)
+
+
+def check_labels(labels: torch.Tensor, num_classes: int, null_allowed: bool = False) -> None:
+    """A ValueError naming the first label outside [0, num_classes - 1] (or up to the null label
+    ``num_classes`` when ``null_allowed``). Reads the labels on the host: call it where they are there."""
+    high = num_classes if null_allowed else num_classes - 1
+    bad = (labels < 0) | (labels > high)
+    if bad.any():
+        raise ValueError(
+            f"class label {labels[bad][0].item()} outside [0, {high}] of a network with num_classes={num_classes}"
+            + ("" if null_allowed else "; the data's labels must be 0 .. num_classes - 1")
+        )
 
 
 def class_embedding(num_classes: int | None, dim: int, guidance_input: bool) -> ClassEmbedding | None:

@@ -124,6 +124,17 @@ class ModularMeanFlow(Objective):
                 f"guidance_range={list(self.guidance_range)} needs a network that takes the guidance scale as an "
                 f"input: build {type(net).__name__} with num_classes and guidance_input: true"
             )
+        guided = self.guidance_range is not None or self.guidance_scale != 1.0
+        if guided and self.label_dropout == 0.0:
+            what = (
+                f"guidance_range={list(self.guidance_range)}"
+                if self.guidance_range
+                else f"guidance_scale={self.guidance_scale}"
+            )
+            raise ValueError(
+                f"{what} with label_dropout=0.0: the null label that the guided target uses, u(z, t, t | null), "
+                "is never trained; set label_dropout (e.g. 0.1, MeanFlow's)"
+            )
 
     # -- labels and guidance -------------------------------------------------------------
     def _labels(self, net, y: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:

@@ -101,3 +101,36 @@ def test_bad_construction_is_named(kwargs, match):
 def test_shape_mismatch_is_named():
     with pytest.raises(ValueError, match=r"DiT expects samples of shape \(B, 2, 8, 8\), got \(3, 2, 16, 16\)"):
         small_dit()(torch.randn(3, 2, 16, 16, dtype=torch.float64), torch.zeros(3), torch.ones(3))
+
+
+def test_a_class_conditional_forward_compiles_without_graph_breaks():
+    """Labels are checked where they enter (the batch, on the host), not in every forward: a range check there is
+    a device-to-host sync per forward on a GPU and a graph break under torch.compile."""
+    torch.manual_seed(0)
+    net = DiT(in_channels=1, image_size=4, patch_size=2, width=16, depth=1, heads=2, time_dim=16, num_classes=3)
+    z, t = torch.randn(4, 1, 4, 4), torch.rand(4)
+    explained = torch._dynamo.explain(net)(z, t * 0.5, t, torch.tensor([0, 1, 2, 3]))  # 3: the null label
+    assert explained.graph_break_count == 0, explained.break_reasons
+
+
+def test_a_label_out_of_range_stops_training_before_the_first_step(tmp_path):
+    from helpers import quiet_trainer
+
+    from mmf_lightning import MeanFlowModule
+    from mmf_lightning.callbacks import LambdaScheduler
+    from mmf_lightning.data.base import DataModuleBase, DictDataset
+    from mmf_lightning.objectives import ModularMeanFlow
+
+    class Mislabelled(DataModuleBase):  # 3 classes, and labels 3 and 4 among them
+        data_shape, num_classes = (1, 4, 4), 3
+
+        def setup(self, stage=None):
+            self.train_set = self.val_set = DictDataset(x=torch.randn(8, 1, 4, 4), y=torch.arange(8) % 5)
+
+    net = DiT(in_channels=1, image_size=4, patch_size=2, width=16, depth=1, heads=2, time_dim=16, num_classes=3)
+    module = MeanFlowModule(net, ModularMeanFlow())
+    before = [p.clone() for p in net.parameters()]
+    trainer = quiet_trainer(tmp_path, max_steps=1, callbacks=[LambdaScheduler()], num_sanity_val_steps=0)
+    with pytest.raises(ValueError, match=r"class label [34] outside \[0, 2\] of a network with num_classes=3"):
+        trainer.fit(module, Mislabelled(batch_size=8))
+    assert all(torch.equal(p, q) for p, q in zip(before, net.parameters()))
