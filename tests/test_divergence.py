@@ -139,3 +139,20 @@ def test_loss_variance_leaves_out_skipped_steps():
 def test_bad_guard_settings_are_named(bad):
     with pytest.raises(ValueError, match=str(next(iter(bad.values())))):
         _module(**bad)
+
+
+def test_the_count_of_skipped_steps_in_a_row_restarts_after_a_good_step():
+    """skip, good, good, skip: never 2 in a row, so a limit of 1 in a row does not stop the run (checked every
+    step, and once after all four)."""
+    for check_every_step in (True, False):
+        guard = SkipGuard(max_in_a_row=1)
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.ones(2))], lr=0.1)
+        for step, norm in enumerate([float("nan"), 1.0, 1.0, float("inf")]):
+            guard.skip_if_not_finite(opt, torch.tensor(norm))
+            if check_every_step:
+                guard.check(step, 0.0)
+        guard.check(4, 0.0)
+        assert int(guard.skipped) == 2
+    guard.skip_if_not_finite(opt, torch.tensor(float("nan")))  # now two in a row
+    with pytest.raises(FloatingPointError, match=r"2 optimizer step\(s\) in a row"):
+        guard.check(5, 0.0)

@@ -293,3 +293,25 @@ def test_half_precision_weights_are_refused_before_training(tmp_path, precision)
     with pytest.raises(ValueError, match=rf"trainer.precision={precision} .* use bf16-mixed or 16-mixed"):
         quiet_trainer(tmp_path, precision=precision, callbacks=[LambdaScheduler()]).fit(module, _data())
     assert module.global_step == 0
+
+
+def test_the_random_streams_round_trip_numpy_and_python_too():
+    """gather_rng / restore_rng: after a restore, torch, numpy and Python's random draw what they drew after the
+    gather (a resumed run's augmentations and peers' coins go on as they would have)."""
+    import random
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from mmf_lightning.rng_state import gather_rng, restore_rng
+
+    torch.manual_seed(3), np.random.seed(3), random.seed(3)
+    state = gather_rng(SimpleNamespace(world_size=1))
+
+    def draws():
+        return torch.rand(3).tolist(), np.random.rand(3).tolist(), [random.random() for _ in range(3)]
+
+    first = draws()
+    draws()  # the streams move on
+    restore_rng(state, rank=0, world_size=1)
+    assert draws() == first

@@ -146,3 +146,20 @@ def test_lpips_diversity_pairs_two_starts_per_sample(torch_home_with_alexnet, mo
     d = lpips_diversity(identity, lpips, 5, torch.Generator().manual_seed(3))
     assert (d > 1e-3).all()
     torch.testing.assert_close(lpips_diversity(identity, lpips, 5, torch.Generator().manual_seed(3)), d)
+
+
+def test_our_lpips_is_the_lpips_packages_own_call(torch_home_with_alexnet, monkeypatch):
+    """On RGB images in [-1, 1] of at least 32 px, ours is the package's own LPIPS(net="alex"), whose backbone comes
+    through torchvision's loader from the same hub cache (the stand-in AlexNet file; nothing downloads)."""
+    import warnings
+
+    import lpips as lpips_package
+
+    monkeypatch.setenv("TORCH_HOME", str(torch_home_with_alexnet))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        theirs = lpips_package.LPIPS(net="alex", verbose=False).eval()
+    g = torch.Generator().manual_seed(1)
+    a, b = (torch.rand(4, 3, 40, 40, generator=g) * 2 - 1 for _ in range(2))
+    with torch.no_grad():
+        torch.testing.assert_close(LPIPS()(a, b), theirs(a, b).flatten())

@@ -134,3 +134,41 @@ def test_a_label_out_of_range_stops_training_before_the_first_step(tmp_path):
     with pytest.raises(ValueError, match=r"class label [34] outside \[0, 2\] of a network with num_classes=3"):
         trainer.fit(module, Mislabelled(batch_size=8))
     assert all(torch.equal(p, q) for p, q in zip(before, net.parameters()))
+
+
+def test_jvp_safe_attention_equals_torchs_scaled_dot_product_attention():
+    """The plain-op attention is softmax over the keys, scaled by 1 / sqrt(d): torch's fused kernel's value."""
+    from mmf_lightning.nets.attention import jvp_safe_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(jvp_safe_attention(q, k, v), expected)
+
+
+def test_a_fresh_dit_block_is_the_identity_and_a_modulated_one_is_adaln_zero_by_hand():
+    """adaLN-Zero: a new block returns its input; with modulation weights it computes, for its attention and its
+    MLP branch, x + g * branch(LN(x) * (1 + s) + b), with (b, s, g) the chunks of ada(c)."""
+    from mmf_lightning.nets.dit import DiTBlock
+
+    torch.manual_seed(0)
+    block = DiTBlock(width=16, heads=2, mlp_ratio=2.0).double()
+    x, c = torch.randn(3, 5, 16, dtype=torch.float64), torch.randn(3, 16, dtype=torch.float64)
+    assert torch.equal(block(x, c), x)
+    with torch.no_grad():
+        for p in block.ada.parameters():
+            p.normal_(std=0.3)
+    shift1, scale1, gate1, shift2, scale2, gate2 = block.ada(c).chunk(6, dim=1)
+
+    def norm(h):  # layer norm without affine weights, eps 1e-6
+        return (h - h.mean(-1, keepdim=True)) / torch.sqrt(h.var(-1, unbiased=False, keepdim=True) + 1e-6)
+
+    def attention(h):
+        b, n, w = h.shape
+        q, k, v = block.attn.qkv(h).reshape(b, n, 3, 2, w // 2).permute(2, 0, 3, 1, 4)
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, w)
+        return block.attn.proj(out)
+
+    h = x + gate1[:, None] * attention(norm(x) * (1 + scale1[:, None]) + shift1[:, None])
+    expected = h + gate2[:, None] * block.mlp(norm(h) * (1 + scale2[:, None]) + shift2[:, None])
+    torch.testing.assert_close(block(x, c), expected)

@@ -10,11 +10,13 @@ from mmf_lightning.nets import jvp_layers as J
 
 
 def _value_tangent_grads(layer, x, dx):
-    x = x.clone().requires_grad_()
+    # the tangent input requires grad too: inside a network it depends on the layers before (lambda > 0
+    # backpropagates through it), so the rule's backward with respect to dx is checked as well
+    x, dx = x.clone().requires_grad_(), dx.clone().requires_grad_()
     y, dy = torch.func.jvp(layer, (x,), (dx,))
     # a loss that mixes value and tangent, so every second-order path is exercised
     loss = y.sin().sum() + (dy.square() * y).sum()
-    grads = torch.autograd.grad(loss, [x, *layer.parameters()])
+    grads = torch.autograd.grad(loss, [x, dx, *layer.parameters()])
     return y, dy, grads
 
 

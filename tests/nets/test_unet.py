@@ -47,6 +47,38 @@ def test_jvp_through_unet_with_attention_matches_finite_difference():
     torch.testing.assert_close(jvp, fd, rtol=1e-5, atol=1e-5)
 
 
+def test_lambda_one_parameter_gradient_equals_the_finite_difference():
+    """The lambda = 1 gradient of every UNet weight, through u and du/dt (so through the custom JVP rules of its
+    convolutions, group norms and SiLUs, and the gradient through their tangents), against a central difference of
+    || u + (t - r) du/dt - v ||^2 along a random direction (float64)."""
+    from helpers import directional_difference
+
+    from mmf_lightning.objectives import ModularMeanFlow, linear_path, u_and_dudt
+
+    torch.manual_seed(0)
+    net = small_unet(channels=8, groups=4, attention_resolutions=()).double()
+    with torch.no_grad():  # non-trivial norm weights, so their rules matter
+        for name, p in net.named_parameters():
+            if "norm" in name:
+                p.normal_()
+    x, e = torch.randn(2, 3, 16, 16, dtype=torch.float64), torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    r, t = torch.tensor([0.1, 0.3], dtype=torch.float64), torch.tensor([0.7, 0.9], dtype=torch.float64)
+    z, v = linear_path(x, e, t)
+    tr = (t - r)[:, None, None, None]
+
+    def loss_value():
+        u, dudt = u_and_dudt(net, z, r, t, v, create_graph=False)
+        return (u + tr * dudt - v).square().flatten(1).sum(1).mean()
+
+    params = list(net.parameters())
+    net.zero_grad()
+    ModularMeanFlow("conditional")(net, x, e=e, r=r, t=t, lam=1.0).loss.backward()
+    g = torch.Generator().manual_seed(3)
+    direction = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in params]
+    analytic = sum((p.grad * d).sum() for p, d in zip(params, direction))
+    torch.testing.assert_close(analytic, directional_difference(loss_value, params, direction), rtol=1e-6, atol=1e-9)
+
+
 @pytest.mark.parametrize(
     "net, z, match",
     [

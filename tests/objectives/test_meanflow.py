@@ -346,3 +346,22 @@ def test_every_branch_on_every_rank_changes_no_value_or_gradient(lam, equal_frac
     # (at lambda = 0 that forward is one with the other rows': no extra call)
     extra = 2 if equal_fraction == 1 else int(lam)
     assert calls[True][0] == calls[False][0] + extra
+
+
+def test_the_adaptive_weight_is_detached_in_the_gradient():
+    """MeanFlow's adaptive weight w = 1 / (||res||^2 + eps)^p scales each row's gradient without being
+    differentiated: the loss's gradient is that of mean(stopgrad(w) * ||res||^2), not of mean(w * ||res||^2)."""
+    torch.manual_seed(0)
+    net = MLP(dim=2, width=16, depth=1)
+    x, e = torch.randn(8, 2), torch.randn(8, 2)
+    r, t = torch.rand(8) * 0.4, 0.5 + torch.rand(8) * 0.5
+    objective = ModularMeanFlow("instantaneous", weighting_power=0.75)
+    params = list(net.parameters())
+    grads = torch.autograd.grad(objective(net, x, e=e, r=r, t=t, lam=1.0).loss, params)
+    z, v = linear_path(x, e, t)
+    per_sample = objective.residual(net, z, r, t, v, lam=1.0).square().sum(1)
+    detached = (per_sample / (per_sample.detach() + 1e-3) ** 0.75).mean()
+    for g, expected in zip(grads, torch.autograd.grad(detached, params, retain_graph=True)):
+        torch.testing.assert_close(g, expected)
+    differentiated = (per_sample / (per_sample + 1e-3) ** 0.75).mean()  # what a missing stopgrad would give
+    assert not torch.allclose(grads[0], torch.autograd.grad(differentiated, params)[0])
