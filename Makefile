@@ -35,6 +35,7 @@ test-all: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check mmf_lightning tests benchmarks notebooks
 	$(PY) -m ruff format --check mmf_lightning tests benchmarks notebooks
+	$(VENV)/bin/lint-imports  # the layers of pyproject.toml's [tool.importlinter]
 
 format: $(STAMP)
 	$(PY) -m ruff format mmf_lightning tests benchmarks notebooks

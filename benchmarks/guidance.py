@@ -31,10 +31,10 @@ from methods import QUICKSTART_TIMES, ours
 from quality import Toy, train
 
 from mmf_lightning import sampling
-from mmf_lightning.distributions import LABELLED
 from mmf_lightning.metrics.distances import sliced_wasserstein
 from mmf_lightning.nets import MLP
 from mmf_lightning.objectives import ModularMeanFlow
+from mmf_lightning.sources.distributions import LABELLED
 
 SCALES = (1.0, 1.5, 2.0, 3.0)
 PER_CLASS = 2000

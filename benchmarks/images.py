@@ -173,7 +173,7 @@ class Recipe:
 def recipe(method: str, steps: int, seed: int, config: Path = CONFIG) -> Recipe:
     """The config's recipe with ``method``'s overrides, ``steps`` optimizer steps, seeded as ``fit`` seeds it."""
     from mmf_lightning.callbacks import EMAWeightAveraging, LambdaScheduler
-    from mmf_lightning.cli import MMFLightningCLI
+    from mmf_lightning.commands.fit import MMFLightningCLI
 
     overrides = [a for n in parts(method) for a in VARIANTS[n][1] if a.startswith("--")]
     # the EMA decay sits in the config's list of callbacks, which the command line cannot reach into
@@ -192,7 +192,7 @@ def recipe(method: str, steps: int, seed: int, config: Path = CONFIG) -> Recipe:
 
 def train(method: str, rec: Recipe):
     """(EMA network, the objective whose jump samples it, losses) after ``rec.steps`` optimizer steps."""
-    from mmf_lightning.module import unpack_batch
+    from mmf_lightning.training.module import unpack_batch
 
     module, net = rec.module, rec.module.net
     objective = module.objective

@@ -53,11 +53,11 @@ from methods import ABLATIONS, FLOW_MATCHING, PEERS, interleaved_medians
 from methods import METHODS as OURS_AND_PEERS
 
 from mmf_lightning import sampling
-from mmf_lightning.distributions import DISTRIBUTIONS, sample_distribution
 from mmf_lightning.metrics.distances import energy_distance, sliced_wasserstein
 from mmf_lightning.nets import MLP, UNet
 from mmf_lightning.nets.gaussian import GaussianAverageVelocity
 from mmf_lightning.objectives.paths import SampledPath
+from mmf_lightning.sources.distributions import DISTRIBUTIONS, sample_distribution
 
 METHODS = OURS_AND_PEERS | ABLATIONS
 GAUSSIAN = {"mean": (1.0, -0.5), "std": (0.5, 1.5)}
@@ -66,7 +66,7 @@ ED_N = 10_000  # the energy distance's samples at most: its cost is quadratic (a
 
 
 class Toy:
-    """2-D data from ``mmf_lightning.distributions``, or the Gaussian with its closed-form flow map."""
+    """2-D data from ``mmf_lightning.sources.distributions``, or the Gaussian with its closed-form flow map."""
 
     lr, batch_size, ema_decay, steps, paired = 1e-3, 256, 0.995, 3000, False
     eval_n = EVAL_N  # set by ``--eval_n``

@@ -1,3 +1,3 @@
-from mmf_lightning.cli import main
+from mmf_lightning.commands import main
 
 main()

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from mmf_lightning.cli import MMFLightningCLI
+from mmf_lightning.commands.fit import MMFLightningCLI
 from mmf_lightning.objectives import TimeSampler
 
 

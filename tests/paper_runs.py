@@ -6,8 +6,8 @@ from pathlib import Path
 
 from helpers import SMALL_UNET
 
-from mmf_lightning.cli import MMFLightningCLI
-from mmf_lightning.evaluate import evaluate_main
+from mmf_lightning.commands.evaluate import evaluate_main
+from mmf_lightning.commands.fit import MMFLightningCLI
 
 ROOT = Path(__file__).resolve().parents[1]
 CONSTANT = '{{"class_path": "mmf_lightning.objectives.Constant", "init_args": {{"value": {}}}}}'

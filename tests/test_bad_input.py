@@ -12,12 +12,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mmf_lightning.cli import MMFLightningCLI
+from mmf_lightning.commands.fit import MMFLightningCLI
 from mmf_lightning.data import ToyDataModule
 from mmf_lightning.metrics.evaluation import EvaluationSettings
-from mmf_lightning.module import MeanFlowModule
 from mmf_lightning.nets import MLP
 from mmf_lightning.objectives import Constant, CosineWarmup, LinearWarmup, ModularMeanFlow, Step, TimeSampler
+from mmf_lightning.training.module import MeanFlowModule
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX = 60

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import torch
 
-from mmf_lightning.checkpoints import AtomicCheckpointIO, read_checkpoint
-from mmf_lightning.cli import MMFLightningCLI
+from mmf_lightning.commands.fit import MMFLightningCLI
+from mmf_lightning.training.checkpoints import AtomicCheckpointIO, read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 WRITE_BIG = (
     "import sys, torch\n"
-    "from mmf_lightning.checkpoints import AtomicCheckpointIO\n"
+    "from mmf_lightning.training.checkpoints import AtomicCheckpointIO\n"
     "big = {'state_dict': {'w': torch.ones(60_000_000)}, 'global_step': 9}\n"
     "AtomicCheckpointIO().save_checkpoint(big, sys.argv[1])\n"
 )

@@ -14,7 +14,8 @@ import pytest
 import torch
 from helpers import SMALL_UNET, STAND_INS, ParseOnly
 
-from mmf_lightning.cli import MMFLightningCLI, main
+from mmf_lightning.commands import main
+from mmf_lightning.commands.fit import MMFLightningCLI
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if not {"presets", "sweeps"} & set(p.parts))
@@ -621,8 +622,19 @@ def test_help_lists_every_command(capsys):
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: python -m mmf_lightning")
-    for command in ("fit", "validate", "test", "predict", "sample", "evaluate", "download-weights"):
+    for command in ("fit", "validate", "test", "predict", "sample", "evaluate", "plot", "download-weights"):
         assert re.search(rf"^    {command} +\S", out, re.M), command
+
+
+def test_the_list_of_commands_imports_neither_torch_nor_lightning():
+    """`python -m mmf_lightning --help` answers from a table: the heavy imports wait for a command."""
+    code = (
+        "import runpy, sys\nsys.argv = ['mmf_lightning', '--help']\n"
+        "try:\n    runpy.run_module('mmf_lightning', run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
+        "print(code, 'lightning' in sys.modules, 'torch' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip().splitlines()[-1] == "0 False False", proc.stdout + proc.stderr
 
 
 def test_a_quickstart_run_prints_nothing_the_user_cannot_act_on(tmp_path):
@@ -642,7 +654,7 @@ def test_the_filters_are_narrow():
     """The same deprecation message from anywhere else than the library that raises it still shows."""
     import warnings
 
-    from mmf_lightning.console import quiet_third_party
+    from mmf_lightning.utils.console import quiet_third_party
 
     quiet_third_party()
     with warnings.catch_warnings(record=True) as caught:

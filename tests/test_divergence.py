@@ -9,10 +9,10 @@ from helpers import NaNInjector, quiet_trainer
 
 from mmf_lightning.callbacks import EMAWeightAveraging, LambdaScheduler
 from mmf_lightning.data import ToyDataModule
-from mmf_lightning.module import MeanFlowModule
 from mmf_lightning.nets import MLP
 from mmf_lightning.objectives import ModularMeanFlow, TimeSampler
-from mmf_lightning.skip_guard import SkipGuard
+from mmf_lightning.training.module import MeanFlowModule
+from mmf_lightning.training.skip_guard import SkipGuard
 
 
 def _module(**kw):

@@ -303,7 +303,7 @@ def test_the_random_streams_round_trip_numpy_and_python_too():
 
     import numpy as np
 
-    from mmf_lightning.rng_state import gather_rng, restore_rng
+    from mmf_lightning.training.rng_state import gather_rng, restore_rng
 
     torch.manual_seed(3), np.random.seed(3), random.seed(3)
     state = gather_rng(SimpleNamespace(world_size=1))

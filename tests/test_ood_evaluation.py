@@ -16,7 +16,8 @@ import torch
 import yaml
 from helpers import SMALL_UNET
 
-from mmf_lightning.cli import MMFLightningCLI, main
+from mmf_lightning.commands import main
+from mmf_lightning.commands.fit import MMFLightningCLI
 from mmf_lightning.data import DigitsDataModule, ShiftDataModule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,7 +186,7 @@ def test_shifted_digits_are_the_fid_reference_and_are_deterministic():
     }
     assert len(names) == 4 and all("severity=" in k and "kind=digits_" in k for k in names)
     # the FID cache is keyed by the reference set's contents: every shifted set has its own
-    from mmf_lightning.metrics.fingerprint import dataset_fingerprint
+    from mmf_lightning.utils.fingerprint import dataset_fingerprint
 
     prints = {dataset_fingerprint(dm.reference_set("val")) for dm in (
         DigitsDataModule(), noisy, ShiftDataModule("digits_gaussian_noise", severity=4),

@@ -10,9 +10,9 @@ import pytest
 import torch
 from matplotlib.quiver import Quiver
 
-from mmf_lightning import MeanFlowModule, plots
-from mmf_lightning.cli import main
-from mmf_lightning.runs import find_runs
+from mmf_lightning import MeanFlowModule
+from mmf_lightning.commands import main
+from mmf_lightning.runs import figures, find_runs
 
 
 def logged(folder, key: str) -> list[float]:
@@ -34,20 +34,20 @@ def test_runs_are_labelled_by_what_their_configs_change(paper_runs):
 
 
 def test_smoothing_is_a_debiased_moving_average():
-    assert plots.smooth([3.0, 3.0, 3.0], 0.9) == pytest.approx([3.0, 3.0, 3.0])  # no pull towards 0
-    assert plots.smooth([0.0, 1.0], 0.5) == pytest.approx([0.0, 0.5 / 0.75])
-    assert plots.smooth([1.0, 5.0], 0.0) == [1.0, 5.0]
+    assert figures.smooth([3.0, 3.0, 3.0], 0.9) == pytest.approx([3.0, 3.0, 3.0])  # no pull towards 0
+    assert figures.smooth([0.0, 1.0], 0.5) == pytest.approx([0.0, 0.5 / 0.75])
+    assert figures.smooth([1.0, 5.0], 0.0) == [1.0, 5.0]
 
 
 def test_loss_curves_draw_each_runs_logged_loss_and_lambda(paper_runs):
     runs = find_runs(paper_runs["toy2d"])
-    fig = plots.loss_curves(runs, smoothing=0.9)
+    fig = figures.loss_curves(runs, smoothing=0.9)
     smoothed, raw, lam = fig.axes[:3]
     for run, line in zip(runs, raw.get_lines()):
         assert list(line.get_ydata()) == pytest.approx(logged(run.folder, "train/loss"))
         assert line.get_label() == run.label
     assert list(smoothed.get_lines()[0].get_ydata()) == pytest.approx(
-        plots.smooth(logged(runs[0].folder, "train/loss"), 0.9)
+        figures.smooth(logged(runs[0].folder, "train/loss"), 0.9)
     )
     lambdas = [list(line.get_ydata()) for line in lam.get_lines()]
     assert set(lambdas[0]) == {0.0} and set(lambdas[1]) == {1.0}
@@ -56,7 +56,7 @@ def test_loss_curves_draw_each_runs_logged_loss_and_lambda(paper_runs):
 
 def test_velocity_fields_are_the_checkpoints_jumps(paper_runs):
     runs = find_runs(paper_runs["toy2d"])[:2]
-    fig = plots.velocity_fields(runs, grid=5, extent=2.0, r=0.0, t=1.0)
+    fig = figures.velocity_fields(runs, grid=5, extent=2.0, r=0.0, t=1.0)
     for run, ax in zip(runs, [a for a in fig.axes if a.get_title()]):
         (quiver,) = [c for c in ax.collections if isinstance(c, Quiver)]
         module = MeanFlowModule.load_from_checkpoint(run.folder / "checkpoints" / "last.ckpt", map_location="cpu")
@@ -72,7 +72,7 @@ def test_velocity_fields_are_the_checkpoints_jumps(paper_runs):
 def test_fid_figure_compares_the_validation_and_evaluation_fids(paper_runs):
     folder = paper_runs["digits"]
     runs = find_runs(folder)
-    fig = plots.fid_comparison(runs, [folder])
+    fig = figures.fid_comparison(runs, [folder])
     by_fraction, by_set = fig.axes[:2]
     # (a): a bar per method in each data fraction: the run's last validation FID
     expected = sorted(logged(run.folder, "val/fid_1step")[-1] for run in runs)
@@ -87,7 +87,7 @@ def test_fid_figure_compares_the_validation_and_evaluation_fids(paper_runs):
 
 def test_trajectory_figure_draws_the_closed_form_truth_and_each_runs_reconstruction(paper_runs):
     runs = find_runs(paper_runs["trajectories"])
-    fig = plots.trajectory_reconstructions(runs, num=3, seed=0)
+    fig = figures.trajectory_reconstructions(runs, num=3, seed=0)
     (ode,) = [ax for ax in fig.axes if ax.get_title() == "ODEDataModule gradient_flow"]
     dashed = [line for line in ode.get_lines() if line.get_linestyle() == "--" and len(line.get_xdata())]
     truth = torch.tensor([[line.get_xdata(), line.get_ydata()] for line in dashed]).permute(2, 0, 1)  # (K + 1, 3, 2)
@@ -110,8 +110,8 @@ def test_trajectory_figure_draws_the_closed_form_truth_and_each_runs_reconstruct
 
 def test_diversity_boxes_are_the_distances_between_seeds(paper_runs):
     runs = find_runs(paper_runs["toy2d"])
-    fig = plots.diversity_and_stability(runs, num_pairs=50, seed=3)
-    distances = plots.pair_distances(runs[0], 50, 3)
+    fig = figures.diversity_and_stability(runs, num_pairs=50, seed=3)
+    distances = figures.pair_distances(runs[0], 50, 3)
     medians = [line for line in fig.axes[0].get_lines() if line.get_color() not in ("black", "k")]
     assert medians[0].get_ydata()[0] == pytest.approx(distances.quantile(0.5).item(), rel=1e-5)
     g = torch.Generator().manual_seed(3)
@@ -129,7 +129,7 @@ def test_plot_command_writes_every_figure_that_applies_and_names_what_it_skips(p
     main(["plot", str(paper_runs["toy2d"]), "--output", str(tmp_path)])
     out = capsys.readouterr().out
     names = sorted(p.stem for p in tmp_path.glob("*.png"))
-    assert names == sorted(set(plots.FIGURES) - {"trajectories"})
+    assert names == sorted(set(figures.FIGURES) - {"trajectories"})
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in tmp_path.glob("*.png"))
     assert "skipped trajectories:" in out and "not a trajectory task" in out
     assert "λ=0" in out and "curriculum (linear, 6 steps)" in out
@@ -145,7 +145,7 @@ def test_plot_command_writes_every_figure_that_applies_and_names_what_it_skips(p
 
 def test_paths_figure_draws_each_runs_sampling_path_and_d_path(paper_runs):
     runs = find_runs(paper_runs["toy2d"])
-    fig = plots.paths(runs, steps=4, num=5, seed=1)
+    fig = figures.paths(runs, steps=4, num=5, seed=1)
     first = fig.axes[0]
     module = runs[0].load_module()
     e, _ = module.draw_starts(5, None, torch.Generator().manual_seed(1))

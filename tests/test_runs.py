@@ -14,7 +14,8 @@ import pytest
 import torch
 import yaml
 
-from mmf_lightning.cli import MMFLightningCLI, main
+from mmf_lightning.commands import main
+from mmf_lightning.commands.fit import MMFLightningCLI
 from mmf_lightning.runs import find_runs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +59,7 @@ def test_two_wandb_runs_in_one_save_dir_stay_apart(tmp_path, monkeypatch):
     """Two offline W&B runs, one save_dir (as in a sweep): each has its own folder with its own
     config.yaml and samples, its W&B run holds its whole resolved config, its metrics and its
     picture, and each checkpoint alone evaluates with its own run's data."""
-    from mmf_lightning.wandb_files import read_run
+    from mmf_lightning.runs.wandb_files import read_run
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -185,7 +186,7 @@ def quickstart_checkpoint(tmp_path_factory):
 
 def test_a_checkpoint_whose_pickle_would_run_code_is_refused_everywhere(quickstart_checkpoint, tmp_path, capsys):
     from mmf_lightning import MeanFlowModule
-    from mmf_lightning.checkpoints import CheckpointError
+    from mmf_lightning.training.checkpoints import CheckpointError
 
     marker = tmp_path / "code_ran"
     evil = tmp_path / "evil.ckpt"
@@ -230,7 +231,7 @@ def test_a_broken_checkpoint_is_named_in_one_line(quickstart_checkpoint, tmp_pat
 
 
 def test_traceback_switch_shows_the_traceback(tmp_path, monkeypatch):
-    from mmf_lightning.checkpoints import CheckpointError
+    from mmf_lightning.training.checkpoints import CheckpointError
 
     bad = tmp_path / "bad.ckpt"
     bad.write_text("not a checkpoint\n")

@@ -9,7 +9,7 @@ from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParalle
 from mmf_lightning.callbacks import EMAWeightAveraging, LambdaScheduler, SampleFigures
 from mmf_lightning.nets import MLP, DiT
 from mmf_lightning.objectives import FlowMatching, ModularMeanFlow
-from mmf_lightning.sharding import check_sharding, sharded_blocks
+from mmf_lightning.training.sharding import check_sharding, sharded_blocks
 
 
 def _trainer(strategy, *callbacks):

@@ -12,7 +12,8 @@ import pytest
 import yaml
 from helpers import SMALL_UNET, STAND_INS, ParseOnly
 
-from mmf_lightning.cli import MMFLightningCLI, main
+from mmf_lightning.commands import main
+from mmf_lightning.commands.fit import MMFLightningCLI
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((ROOT / "configs" / "sweeps").glob("*.yaml"))
@@ -71,7 +72,7 @@ def test_every_command_of_every_sweep_parses(path, monkeypatch):
                     assert cfg[name] == value, name
             assert cfg.trainer.logger.class_path.endswith("WandbLogger")
         else:
-            from mmf_lightning.evaluate import build_parser
+            from mmf_lightning.commands.evaluate import build_parser
 
             parsed, rest = build_parser().parse_known_args(args)
             assert rest == [] and parsed.wandb and parsed.ckpt_path_option == [params["ckpt_path"]]
@@ -95,7 +96,7 @@ def test_one_command_of_each_sweep_runs_on_small_data(path, tmp_path, monkeypatc
                                                       torch_home_with_alexnet):  # fmt: skip
     """The first command of each grid, with the stand-in data and net of the configs' tests and
     two steps (no validation), logged to an offline W&B run whose config holds the swept values."""
-    from mmf_lightning.wandb_files import read_run
+    from mmf_lightning.runs.wandb_files import read_run
 
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv("TORCH_HOME", str(torch_home_with_alexnet))  # LPIPS' backbone, untrained

@@ -6,12 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmf_lightning.cli import MMFLightningCLI
-from mmf_lightning.distributions import sample_distribution
+from mmf_lightning.commands.fit import MMFLightningCLI
 from mmf_lightning.metrics import sliced_wasserstein
 from mmf_lightning.nets import MLP
 from mmf_lightning.nets.gaussian import GaussianAverageVelocity
 from mmf_lightning.objectives import Constant, ModularMeanFlow, TimeSampler
+from mmf_lightning.sources.distributions import sample_distribution
 
 ROOT = Path(__file__).resolve().parents[1]
 MU, STD = (1.0, -1.0), (0.5, 2.0)
@@ -106,8 +106,8 @@ def _fit_trajectories(supervision, steps=600):
 
     from mmf_lightning import MeanFlowModule
     from mmf_lightning.data import ODEDataModule
-    from mmf_lightning.module import unpack_batch
     from mmf_lightning.sources import UniformBox
+    from mmf_lightning.training.module import unpack_batch
 
     torch.manual_seed(0)
     dm = ODEDataModule("gradient_flow", supervision=supervision, num_train=4096, num_val=8, num_points=17)

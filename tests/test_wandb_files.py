@@ -1,9 +1,9 @@
-"""Reading a W&B run file back (mmf_lightning.wandb_files): a real offline run, its config larger
+"""Reading a W&B run file back (mmf_lightning.runs.wandb_files): a real offline run, its config larger
 than one 32 KiB block (records split across blocks), and the same file cut short and corrupted."""
 
 import pytest
 
-from mmf_lightning.wandb_files import BLOCK, read_run
+from mmf_lightning.runs.wandb_files import BLOCK, read_run
 
 
 @pytest.fixture(scope="module")

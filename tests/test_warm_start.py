@@ -9,12 +9,12 @@ from helpers import quiet_trainer
 
 from mmf_lightning import MeanFlowModule
 from mmf_lightning.callbacks import EMAWeightAveraging, LambdaScheduler
-from mmf_lightning.checkpoints import CheckpointError
 from mmf_lightning.data import ToyDataModule
 from mmf_lightning.nets import MLP
 from mmf_lightning.objectives import FlowMatching, LinearWarmup, ModularMeanFlow, TimeSampler
 from mmf_lightning.objectives import meanflow as mf
-from mmf_lightning.warm_start import initial_state, load_initial_weights
+from mmf_lightning.training.checkpoints import CheckpointError
+from mmf_lightning.training.warm_start import initial_state, load_initial_weights
 
 
 def _net(width=32):

@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from mmf_lightning.runs import run_dir
+from mmf_lightning.training.run_dir import run_dir
 
 
 class SaveOnPreemption(L.Callback):

@@ -6,8 +6,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
 
-from mmf_lightning.plots import save_samples_figure
-from mmf_lightning.runs import run_dir
+from mmf_lightning.figures import save_samples_figure
+from mmf_lightning.training.run_dir import run_dir
 
 
 def ema_module(trainer: L.Trainer, pl_module: L.LightningModule) -> L.LightningModule:

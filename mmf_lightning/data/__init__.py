@@ -12,7 +12,7 @@ from mmf_lightning.data.latents import LatentDataModule
 from mmf_lightning.data.shift import ShiftDataModule
 from mmf_lightning.data.toy2d import ToyDataModule
 from mmf_lightning.data.trajectories import NpzTrajectoryDataModule, ODEDataModule, PointMassDataModule
-from mmf_lightning.distributions import sample_distribution
+from mmf_lightning.sources.distributions import sample_distribution
 
 __all__ = [
     "CIFAR10DataModule",

@@ -21,8 +21,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from mmf_lightning.config import check_count
 from mmf_lightning.nets.embeddings import check_labels
+from mmf_lightning.utils.config import check_count
 
 
 class DictDataset(Dataset):

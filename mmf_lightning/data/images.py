@@ -16,7 +16,7 @@ from torch.utils.data import Dataset, Subset
 
 from mmf_lightning.data.base import DataModuleBase
 from mmf_lightning.data.subsets import balanced_subset, check_fraction
-from mmf_lightning.files import atomic_write, file_lock
+from mmf_lightning.utils.files import atomic_write, file_lock
 
 
 def to_unit_range(x: torch.Tensor) -> torch.Tensor:

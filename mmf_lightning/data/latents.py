@@ -18,11 +18,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from mmf_lightning.config import check_count
 from mmf_lightning.data.base import DataModuleBase, DictDataset
 from mmf_lightning.data.images import ImageDataModule
-from mmf_lightning.files import atomic_write, file_lock
-from mmf_lightning.metrics.fingerprint import dataset_fingerprint
+from mmf_lightning.utils.config import check_count
+from mmf_lightning.utils.files import atomic_write, file_lock
+from mmf_lightning.utils.fingerprint import dataset_fingerprint
 
 
 class LatentDataModule(DataModuleBase):

@@ -4,9 +4,9 @@ from collections.abc import Sequence
 
 import torch
 
-from mmf_lightning.config import check_count
 from mmf_lightning.data.base import DataModuleBase, DictDataset
-from mmf_lightning.distributions import DISTRIBUTIONS, LABELLED, sample_distribution
+from mmf_lightning.sources.distributions import DISTRIBUTIONS, LABELLED, sample_distribution
+from mmf_lightning.utils.config import check_count
 
 __all__ = ["DISTRIBUTIONS", "ToyDataModule", "sample_distribution"]
 

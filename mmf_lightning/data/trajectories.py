@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 
-from mmf_lightning.config import check_count
 from mmf_lightning.data.base import DataModuleBase, DictDataset
 from mmf_lightning.sources import Source, UniformBox
+from mmf_lightning.utils.config import check_count
 
 
 def _gradient_flow(x: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmf_lightning.files import atomic_write, file_lock
+from mmf_lightning.utils.files import atomic_write, file_lock
 
 
 class DigitsClassifier(nn.Module):

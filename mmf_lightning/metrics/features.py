@@ -10,8 +10,8 @@ numbers from any other extractor compare runs with each other, never with papers
 import torch
 from torch import nn
 
-from mmf_lightning.metrics.fingerprint import weights_hash
 from mmf_lightning.metrics.weights import resolve_weights
+from mmf_lightning.utils.fingerprint import weights_hash
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:

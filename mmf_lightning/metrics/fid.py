@@ -22,10 +22,10 @@ from torch.utils.data import DataLoader, Dataset
 from torchmetrics.image.fid import FrechetInceptionDistance
 from tqdm import tqdm
 
-from mmf_lightning.files import atomic_write
 from mmf_lightning.metrics.features import extractor_id, freeze, to_uint8
-from mmf_lightning.metrics.fingerprint import dataset_fingerprint
 from mmf_lightning.metrics.ranks import float64
+from mmf_lightning.utils.files import atomic_write
+from mmf_lightning.utils.fingerprint import dataset_fingerprint
 
 REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
 

@@ -13,8 +13,8 @@ Interface: ``encode(x: (B, C, H, W) in [-1, 1]) -> (B, c, h, w)`` and ``decode((
 import torch
 from torch import nn
 
-from mmf_lightning.config import RecordsInit
-from mmf_lightning.metrics.fingerprint import weights_hash
+from mmf_lightning.utils.config import RecordsInit
+from mmf_lightning.utils.fingerprint import weights_hash
 
 
 class ConvAutoencoder(RecordsInit, nn.Module):

@@ -15,11 +15,11 @@ gradient through its tangent wrong.
 import torch
 from torch import nn
 
-from mmf_lightning.config import RecordsInit
 from mmf_lightning.nets.attention import jvp_safe_attention
 from mmf_lightning.nets.embeddings import TimePairEmbedding, class_embedding
 from mmf_lightning.nets.jvp_layers import LayerNorm
 from mmf_lightning.nets.shapes import check_input
+from mmf_lightning.utils.config import RecordsInit
 
 
 def sincos_position_embedding(width: int, grid: int) -> torch.Tensor:

@@ -3,10 +3,10 @@
 import torch
 from torch import nn
 
-from mmf_lightning.config import RecordsInit
 from mmf_lightning.nets.embeddings import TimePairEmbedding, class_embedding
 from mmf_lightning.nets.jvp_layers import draws_dropout, linear_jvp, silu_jvp
 from mmf_lightning.nets.shapes import check_input
+from mmf_lightning.utils.config import RecordsInit
 
 
 class MLP(RecordsInit, nn.Module):

@@ -9,11 +9,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mmf_lightning.config import RecordsInit
 from mmf_lightning.nets.attention import SpatialSelfAttention
 from mmf_lightning.nets.embeddings import TimePairEmbedding, class_embedding
 from mmf_lightning.nets.jvp_layers import Conv2d, GroupNorm, SiLU
 from mmf_lightning.nets.shapes import check_input
+from mmf_lightning.utils.config import RecordsInit
 
 
 def _norm(channels: int, groups: int) -> GroupNorm:

@@ -5,8 +5,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from mmf_lightning.config import RecordsInit
 from mmf_lightning.objectives.paths import LinearPath, expand_like
+from mmf_lightning.utils.config import RecordsInit
 
 
 def default_path(x: torch.Tensor, e: torch.Tensor | None, path):

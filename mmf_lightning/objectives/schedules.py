@@ -7,7 +7,7 @@ callback, the tests and a notebook plotting a curriculum all use the same code.
 import math
 from collections.abc import Sequence
 
-from mmf_lightning.config import RecordsInit, check_count
+from mmf_lightning.utils.config import RecordsInit, check_count
 
 
 def _check_unit(name: str, value: float) -> float:

@@ -4,7 +4,7 @@ from typing import Literal
 
 import torch
 
-from mmf_lightning.config import RecordsInit
+from mmf_lightning.utils.config import RecordsInit
 
 
 class TimeSampler(RecordsInit):

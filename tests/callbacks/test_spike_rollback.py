@@ -9,13 +9,13 @@ import pytest
 import torch
 from helpers import quiet_trainer
 
-from mmf_lightning import MeanFlowModule, plots
+from mmf_lightning import MeanFlowModule
 from mmf_lightning.callbacks import EMAWeightAveraging, LambdaScheduler, SpikeRollback
 from mmf_lightning.data import ToyDataModule
-from mmf_lightning.loggers import CSVLogger
 from mmf_lightning.nets import MLP
 from mmf_lightning.objectives import Constant, ModularMeanFlow, TimeSampler
-from mmf_lightning.runs import Run
+from mmf_lightning.runs import Run, figures
+from mmf_lightning.runs.loggers import CSVLogger
 
 
 def _module():
@@ -105,8 +105,8 @@ def test_an_injected_spike_rolls_back_to_the_last_good_snapshot(tmp_path):
     run = Run(Path(logger.log_dir), {})
     steps, losses = run.metrics["train/loss"]
     spike = steps[losses.index(max(losses))]
-    assert plots.rollback_steps(run) == [spike] and max(losses) > 100 * losses[steps.index(spike - 3)]
-    smoothed, raw, _ = plots.loss_curves([run]).axes[:3]
+    assert figures.rollback_steps(run) == [spike] and max(losses) > 100 * losses[steps.index(spike - 3)]
+    smoothed, raw, _ = figures.loss_curves([run]).axes[:3]
     assert [line.get_xdata()[0] for line in raw.get_lines() if line.get_linestyle() == "--"] == [spike]
 
 

@@ -33,7 +33,7 @@ def test_each_rank_its_own_shard_and_randomness(tmp_path):
     assert rows0 | rows1 == {tuple(r.tolist()) for r in dm.train_set.tensors["x"]}
     assert not torch.equal(r0["draws"], r1["draws"])  # the ranks' generators differ
     # rank 1 draws from its own stream (seed_everything's 0 mixed with the rank), not from rank 0's of seed 1
-    from mmf_lightning.rng_state import rank_seed
+    from mmf_lightning.training.rng_state import rank_seed
 
     own = torch.rand(4, generator=torch.Generator().manual_seed(rank_seed(0, 1)))
     assert torch.equal(r1["draws"][0], own) and not torch.equal(
@@ -42,7 +42,7 @@ def test_each_rank_its_own_shard_and_randomness(tmp_path):
 
 
 def test_no_two_seed_and_rank_pairs_share_a_stream():
-    from mmf_lightning.rng_state import rank_seed
+    from mmf_lightning.training.rng_state import rank_seed
 
     seeds = [rank_seed(s, r) for s in range(500) for r in range(16)]
     assert len(set(seeds)) == len(seeds) and all(0 <= s < 2**63 for s in seeds)

@@ -3,8 +3,8 @@ import torch
 
 from mmf_lightning.data import ToyDataModule
 from mmf_lightning.data.subsets import balanced_subset
-from mmf_lightning.distributions import DISTRIBUTIONS, sample_distribution
 from mmf_lightning.sources import Named, StandardNormal, UniformBox
+from mmf_lightning.sources.distributions import DISTRIBUTIONS, sample_distribution
 
 
 def test_balanced_subset_is_deterministic_and_balanced():

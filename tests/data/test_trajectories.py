@@ -115,7 +115,8 @@ def test_npz_task_is_judged_on_its_held_out_trajectories(tmp_path):
     against those trajectories, and say so; with nothing held out, they skip those metrics and the
     report says why."""
     from mmf_lightning import MeanFlowModule
-    from mmf_lightning.cli import MMFLightningCLI, main
+    from mmf_lightning.commands import main
+    from mmf_lightning.commands.fit import MMFLightningCLI
 
     states = _gradient_flow_file(tmp_path / "traj.npz")
     cli = MMFLightningCLI(args=[

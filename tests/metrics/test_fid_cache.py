@@ -14,7 +14,7 @@ from mmf_lightning.callbacks import FID
 from mmf_lightning.callbacks import fid as fid_callback
 from mmf_lightning.data import DigitsDataModule, ImageFolderDataModule
 from mmf_lightning.data.images import ArrayImages, LabelledImages, image_transform
-from mmf_lightning.metrics.fingerprint import dataset_fingerprint
+from mmf_lightning.utils.fingerprint import dataset_fingerprint
 
 
 def _extractor() -> TinyExtractor:

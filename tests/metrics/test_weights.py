@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from mmf_lightning.cli import main
+from mmf_lightning.commands import main
 from mmf_lightning.metrics import weights
 from mmf_lightning.metrics.weights import TRUST_ENV, WeightsMismatch, resolve_weights
 

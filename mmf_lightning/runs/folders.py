@@ -15,22 +15,6 @@ from functools import cached_property
 from pathlib import Path
 
 
-def run_dir(trainer) -> Path:
-    """The folder of the trainer's run. A collective (rank 0 decides, the others receive its
-    answer: a W&B run id exists on rank 0 only): call it on every rank."""
-    path = None
-    if trainer.is_global_zero:
-        if trainer.loggers:
-            logger = trainer.loggers[0]
-            save_dir = logger.save_dir if logger.save_dir is not None else trainer.default_root_dir
-            version = logger.version
-            version = version if isinstance(version, str) else f"version_{version}"
-            path = str(Path(save_dir) / str(logger.name) / version)
-        else:
-            path = str(trainer.default_root_dir)
-    return Path(trainer.strategy.broadcast(path))
-
-
 # -- reading runs back: a folder of runs (a sweep's output) for the figures of `plots` ------------
 
 CONFIG_FILE = "config.yaml"
@@ -73,7 +57,7 @@ class Run:
     def load_module(self, name: str = "last"):
         """The trained MeanFlowModule (``MeanFlowModule.load_from_checkpoint``, on the CPU, eval mode;
         read once per run)."""
-        from mmf_lightning.module import MeanFlowModule
+        from mmf_lightning.training.module import MeanFlowModule
 
         if name not in self._modules:
             path = self.checkpoint(name)
@@ -82,7 +66,7 @@ class Run:
 
     def datamodule(self):
         """The run's datamodule, built from its config (nothing is loaded until asked)."""
-        from mmf_lightning.evaluate import instantiate_run
+        from mmf_lightning.runs.configs import instantiate_run
 
         return instantiate_run(self.config, with_fid=False, fid_num_samples=None)[0]
 
@@ -95,7 +79,7 @@ class Run:
             with open(self.folder / "metrics.csv", newline="") as f:
                 rows = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
         elif (wandb_folder := wandb_run_folder(self.folder)) is not None:
-            from mmf_lightning.wandb_files import read_run
+            from mmf_lightning.runs.wandb_files import read_run
 
             rows = [{**r, "step": r.get("trainer/global_step", r.get("_step"))} for r in read_run(wandb_folder).history]
         elif has_tensorboard_events(self.folder):  # TensorBoardLogger (needs tensorboard installed)

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 import torch
 
-from mmf_lightning.config import RecordsInit
-from mmf_lightning.distributions import sample_distribution
+from mmf_lightning.sources.distributions import sample_distribution
+from mmf_lightning.utils.config import RecordsInit
 
 
 class Source(RecordsInit):
@@ -36,7 +36,7 @@ class StandardNormal(Source):
 
 
 class Named(Source):
-    """A named low-dimensional distribution (``mmf_lightning.distributions``)."""
+    """A named low-dimensional distribution (``mmf_lightning.sources.distributions``)."""
 
     def __init__(self, name: str = "moons", mean: Sequence[float] = (0.0, 0.0), std: Sequence[float] = (1.0, 1.0)):
         self.name, self.mean, self.std = name, tuple(mean), tuple(std)

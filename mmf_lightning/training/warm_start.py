@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mmf_lightning.checkpoints import CheckpointError, check_exists, checkpoint_error, is_unreadable
+from mmf_lightning.training.checkpoints import CheckpointError, check_exists, checkpoint_error, is_unreadable
 
 SHOWN = 5  # keys named per kind of mismatch
 

@@ -11,7 +11,7 @@ checkpoint and the file still loads with ``torch.load(..., weights_only=True)``.
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
-from mmf_lightning.runs import run_dir
+from mmf_lightning.training.run_dir import run_dir
 
 RUN_CONFIG_KEY = "run_config"
 

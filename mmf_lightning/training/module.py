@@ -15,16 +15,16 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from mmf_lightning import sampling
-from mmf_lightning.config import check_count, init_config
 from mmf_lightning.nets.compiled import CompiledNet
 from mmf_lightning.nets.embeddings import check_labels
 from mmf_lightning.objectives import Objective, SampledPath
 from mmf_lightning.objectives.time_sampling import check_times
-from mmf_lightning.rng_state import gather_rng, rank_seed, restore_rng
-from mmf_lightning.sharding import FSDPModule, check_sharding, fully_shard, sharded_blocks
-from mmf_lightning.skip_guard import SkipGuard
 from mmf_lightning.sources import Source, StandardNormal
-from mmf_lightning.warm_start import load_initial_weights
+from mmf_lightning.training.rng_state import gather_rng, rank_seed, restore_rng
+from mmf_lightning.training.sharding import FSDPModule, check_sharding, fully_shard, sharded_blocks
+from mmf_lightning.training.skip_guard import SkipGuard
+from mmf_lightning.training.warm_start import load_initial_weights
+from mmf_lightning.utils.config import check_count, init_config
 
 try:  # set by LightningCLI while it builds the module; absent when built in Python
     from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
@@ -160,7 +160,7 @@ class MeanFlowModule(L.LightningModule):
         """Lightning's ``load_from_checkpoint`` (``weights_only``: never unpickles code); the EMA
         weights when the run used EMA. A missing, truncated or foreign file raises ``CheckpointError``
         naming it."""
-        from mmf_lightning.checkpoints import check_exists, checkpoint_error, is_unreadable
+        from mmf_lightning.training.checkpoints import check_exists, checkpoint_error, is_unreadable
 
         if isinstance(checkpoint_path, (str, os.PathLike)):  # (a file object is Lightning's to read)
             check_exists(checkpoint_path)

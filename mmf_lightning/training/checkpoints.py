@@ -68,7 +68,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         if "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
-        from mmf_lightning.files import atomic_write
+        from mmf_lightning.utils.files import atomic_write
 
         with atomic_write(path) as tmp, open(tmp, "wb") as f:
             torch.save(checkpoint, f)

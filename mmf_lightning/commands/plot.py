@@ -1,0 +1,48 @@
+"""``python -m mmf_lightning plot RUNS``: the paper's figures for a folder of runs, as PNG files."""
+
+import argparse
+from pathlib import Path
+
+from mmf_lightning.runs import find_runs
+from mmf_lightning.runs.figures import FIGURES, NotApplicable
+
+
+def plot_main(argv: list[str]) -> list[Path]:
+    parser = argparse.ArgumentParser(
+        prog="python -m mmf_lightning plot",
+        description="The paper's figures for a folder of runs (a sweep's output): "
+        + "; ".join(f"{name}: {help}" for name, (_, help) in FIGURES.items()),
+    )
+    parser.add_argument("runs", help="a folder of runs, e.g. runs/toy2d (every subfolder with a config.yaml)")
+    parser.add_argument("--figure", action="append", choices=[*FIGURES, "all"], help="repeatable; default: all")
+    parser.add_argument("--output", help="folder for <figure>.png (default: <runs>/figures)")
+    parser.add_argument(
+        "--evaluations", action="append", default=[], help="folders with evaluation.json of `evaluate` (fid figure)"
+    )
+    args = parser.parse_args(argv)
+    names = list(FIGURES) if not args.figure or "all" in args.figure else args.figure
+    try:
+        runs = find_runs(args.runs)
+    except FileNotFoundError as err:
+        parser.error(str(err))
+    out = Path(args.output) if args.output else Path(args.runs) / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    print(
+        f"{len(runs)} runs under {args.runs}:",
+        ", ".join(f"{r.folder.relative_to(args.runs)} ({r.label})" for r in runs),
+    )
+    written = []
+    for name in names:
+        function = FIGURES[name][0]
+        try:
+            fig = function(runs, [args.runs, *args.evaluations]) if name == "fid" else function(runs)
+        except NotApplicable as err:
+            if len(names) == 1:
+                raise
+            print(f"skipped {name}: {err}")
+            continue
+        path = out / f"{name}.png"
+        fig.savefig(path, dpi=110)
+        print(f"wrote {path}")
+        written.append(path)
+    return written

@@ -1,0 +1,81 @@
+"""``python -m mmf_lightning sample --ckpt_path CKPT ...``: samples of a checkpoint into an .npz and a picture."""
+
+import argparse
+from pathlib import Path
+
+
+def sample_main(argv: list[str]) -> Path:
+    parser = argparse.ArgumentParser(
+        prog="python -m mmf_lightning sample",
+        description="Draw samples from a checkpoint (EMA weights when the run used EMA).",
+    )
+    parser.add_argument("--ckpt_path", required=True, help="checkpoint written by `fit`")
+    parser.add_argument("--num_samples", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=1, help="number of jumps from t = 1 to t = 0")
+    parser.add_argument("--output", required=True, help="output .npz (a .png picture is written beside it)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--label", type=int, default=None, help="class label (class-conditional nets)")
+    parser.add_argument(
+        "--guidance_scale",
+        type=float,
+        default=1.0,
+        help="classifier-free guidance at sampling time (class-conditional nets trained with label dropout; 1: none)",
+    )
+    args = parser.parse_args(argv)
+
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from mmf_lightning.figures import save_samples_figure
+    from mmf_lightning.training.module import MeanFlowModule
+
+    ckpt = Path(args.ckpt_path)
+    if not ckpt.is_file():
+        parser.error(f"--ckpt_path {ckpt} does not exist")
+    if args.num_samples < 1 or args.steps < 1 or args.batch_size < 1:
+        parser.error(
+            f"--num_samples, --steps and --batch_size must be >= 1, got {args.num_samples}, "
+            f"{args.steps}, {args.batch_size}"
+        )
+    output = Path(args.output)
+    if output.suffix != ".npz":
+        parser.error(f"--output must end in .npz, got {output}")
+    module = MeanFlowModule.load_from_checkpoint(ckpt, map_location=args.device).eval()
+    if args.guidance_scale != 1.0 and not getattr(module.net, "num_classes", None):
+        parser.error(f"--guidance_scale {args.guidance_scale}: the network of {ckpt} is not class-conditional")
+    module.guidance_scale = args.guidance_scale
+    generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    sizes = [min(args.batch_size, args.num_samples - i) for i in range(0, args.num_samples, args.batch_size)]
+    chunks = [
+        module.sample(n, args.steps, y=args.label, generator=generator).cpu()
+        for n in tqdm(sizes, desc=f"sampling ({args.steps} step{'s' if args.steps > 1 else ''})", unit="batch")
+    ]
+    samples = torch.cat(chunks)
+    decode = _latent_decoder(ckpt)
+    if decode is not None:  # a latent-space run: its samples become images, through the run's autoencoder
+        samples = torch.cat([decode(chunk) for chunk in samples.split(args.batch_size)])
+    output.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(output, samples=samples.numpy())
+    save_samples_figure({f"{args.steps}-step samples": samples}, output.with_suffix(".png"))
+    print(f"wrote {output} ({tuple(samples.shape)}) and {output.with_suffix('.png')}")
+    return output
+
+
+def _latent_decoder(ckpt: Path):
+    """``decode`` of the run's DataModule when the run trained in a latent space (``data.LatentDataModule``), else
+    None. The DataModule is built from the run config the checkpoint carries; decoding needs no data, only the
+    autoencoder and the latents' scale (stored with the encoded training latents, so those must be in the cache)."""
+    from mmf_lightning.runs.run_config import RUN_CONFIG_KEY
+    from mmf_lightning.training.checkpoints import read_checkpoint
+
+    config = read_checkpoint(ckpt).get(RUN_CONFIG_KEY)
+    data = config.get("data") if isinstance(config, dict) else None
+    if not (isinstance(data, dict) and str(data.get("class_path", "")).endswith("LatentDataModule")):
+        return None
+    from mmf_lightning.runs.configs import instantiate_run
+
+    datamodule, _ = instantiate_run(config, with_fid=False, fid_num_samples=None)
+    return datamodule.decode

@@ -1,0 +1,2 @@
+"""Helpers every layer may use: atomic files and locks, recorded constructor arguments, fingerprints, a quiet
+console."""
