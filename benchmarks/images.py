@@ -192,7 +192,7 @@ def recipe(method: str, steps: int, seed: int, config: Path = CONFIG) -> Recipe:
 
 def train(method: str, rec: Recipe):
     """(EMA network, the objective whose jump samples it, losses) after ``rec.steps`` optimizer steps."""
-    from mmf_lightning.training.module import unpack_batch
+    from mmf_lightning.training.batches import unpack_batch
 
     module, net = rec.module, rec.module.net
     objective = module.objective

@@ -13,7 +13,7 @@ import warnings
 import torch
 from torch import nn
 
-from mmf_lightning.nets.embeddings import GuidedLabels
+from mmf_lightning.nets.embeddings import GuidedLabels, check_labels
 from mmf_lightning.objectives.base import Objective
 from mmf_lightning.objectives.flow_matching import FlowMatching
 
@@ -143,3 +143,19 @@ def data_predictions(
     zero = torch.zeros(n, device=states.device)
     jumps = [objective.jump(net, states[k], zero, torch.full_like(zero, grid[k]), y) for k in range(steps)]
     return torch.stack([*jumps, states[-1]])
+
+
+def sample_labels(net: nn.Module, n: int, y=None, generator=None, device=None) -> torch.Tensor | None:
+    """Labels (n,) for a class-conditional ``net``: ``y`` (a label, or one per sample) checked and expanded, or
+    uniformly random classes from ``generator``; None for an unconditional net (which refuses labels)."""
+    num_classes = getattr(net, "num_classes", None)
+    if not num_classes:
+        if y is not None:
+            raise ValueError("labels y given but the network is unconditional")
+        return None
+    if y is None:  # a class-conditional net samples uniformly random classes
+        drawn_on = generator.device if generator is not None else device
+        return torch.randint(0, num_classes, (n,), generator=generator, device=drawn_on).to(device)
+    y = torch.as_tensor(y).long()
+    check_labels(y, num_classes)
+    return y.to(device).expand(n)

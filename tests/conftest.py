@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -37,9 +38,28 @@ def torch_home_with_alexnet(tmp_path_factory):
     return home
 
 
+def shared_folder(tmp_path_factory, name: str) -> Path:
+    """A folder that every pytest-xdist worker of this session shares (their temp folders' parent), or this
+    session's own without xdist: what one worker trains there, the others read."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    (base / name).mkdir(exist_ok=True)
+    return base / name
+
+
 @pytest.fixture(scope="session")
 def paper_runs(tmp_path_factory):
-    """Folders of short real runs of the paper's studies (tests/paper_runs.py), made on first use."""
+    """Folders of short real runs of the paper's studies (tests/paper_runs.py), made on first use, once per session
+    whatever the number of xdist workers."""
     from paper_runs import PaperRuns
 
-    return PaperRuns(tmp_path_factory.mktemp("paper_runs"))
+    return PaperRuns(shared_folder(tmp_path_factory, "paper_runs"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under ``--dist loadgroup`` the tests that read the paper's runs go to one worker, which trains them once while
+    the other worker runs the rest."""
+    for item in items:
+        if "paper_runs" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("paper_runs"))

@@ -89,6 +89,13 @@ class PaperRuns:
         self.root, self.made = root, {}
 
     def __getitem__(self, name: str) -> Path:
+        """The folder, made by the first process that asks (xdist workers share ``root``; the others wait)."""
         if name not in self.made:
-            self.made[name] = self.MAKERS[name](self.root)
+            from filelock import FileLock
+
+            with FileLock(str(self.root / f"{name}.lock")):
+                done = self.root / f"{name}.done"
+                if not done.exists():
+                    done.write_text(str(self.MAKERS[name](self.root)))
+                self.made[name] = Path(done.read_text())
         return self.made[name]

@@ -552,10 +552,10 @@ def test_download_weights_keeps_what_is_there_and_names_what_is_missing(tmp_path
 
 
 def test_the_readme_evaluate_glob_matches_where_cifar10_runs_land(tmp_path, monkeypatch, torch_home_with_alexnet):
-    """README: `evaluate runs/cifar10/*/version_0/checkpoints/last.ckpt`; the trainer preset's own paths."""
+    """docs/usage.md: `evaluate runs/cifar10/*/version_0/checkpoints/last.ckpt`; the trainer preset's own paths."""
     monkeypatch.setenv("TORCH_HOME", str(torch_home_with_alexnet))
     monkeypatch.chdir(tmp_path)
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs/usage.md").read_text()
     pattern = re.search(r"evaluate (runs/cifar10/\S+last\.ckpt)", readme).group(1)
     args = ["fit", "--config", str(ROOT / "configs/cifar10/mmf_lambda1.yaml"), "--trainer.max_steps=2",
             "--trainer.enable_progress_bar=false", "--trainer.limit_val_batches=0",

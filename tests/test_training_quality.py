@@ -107,7 +107,7 @@ def _fit_trajectories(supervision, steps=600):
     from mmf_lightning import MeanFlowModule
     from mmf_lightning.data import ODEDataModule
     from mmf_lightning.sources import UniformBox
-    from mmf_lightning.training.module import unpack_batch
+    from mmf_lightning.training.batches import unpack_batch
 
     torch.manual_seed(0)
     dm = ODEDataModule("gradient_flow", supervision=supervision, num_train=4096, num_val=8, num_points=17)

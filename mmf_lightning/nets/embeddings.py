@@ -16,7 +16,7 @@ class SinusoidalEmbedding(nn.Module):
     ``forward(s: (B,)) -> (B, dim)``. ``scale`` bounds how fast the features move with s,
     and so the size of d_t u that enters the MeanFlow target through the JVP. DDPM's 1000
     (timesteps) made MeanFlow's stop-gradient training diverge on 2-D data in half the
-    seeds; 10 was stable and gave better samples for every objective (README, Deviations).
+    seeds; 10 was stable and gave better samples for every objective (docs/objectives.md, Deviations).
     """
 
     def __init__(self, dim: int, scale: float = 10.0, max_period: float = 10000.0):

@@ -69,7 +69,7 @@ class ModularMeanFlow(Objective):
         finite_difference_step: None (the default) computes du/dt exactly, by forward-mode AD; a step h > 0
             takes the central difference along (dz, 0, 1) instead, for networks with layers that have no
             forward-mode rule (``objectives.jvp.u_and_dudt``). lambda keeps its meaning: it scales the gradient
-            through the difference. h = 1e-3 in float32 is within about 1e-4 of the JVP (README).
+            through the difference. h = 1e-3 in float32 is within about 1e-4 of the JVP (docs/objectives.md).
         flow_matching_steps: the first this many steps train every row at r = t (plain flow matching, no JVP):
             a warm start inside the run, u(z, t, t) learning the instantaneous velocity before the average one
             (configs/recipes/warm_start_checkerboard.yaml; delay the lambda schedule to match).

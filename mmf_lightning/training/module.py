@@ -4,10 +4,9 @@
 import inspect
 import math
 import os
-from collections import deque
 from collections.abc import Sequence
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Literal
 
 import lightning as L
 import torch
@@ -16,10 +15,13 @@ from torch import nn
 
 from mmf_lightning import sampling
 from mmf_lightning.nets.compiled import CompiledNet
-from mmf_lightning.nets.embeddings import check_labels
-from mmf_lightning.objectives import Objective, SampledPath
+from mmf_lightning.objectives import Objective
 from mmf_lightning.objectives.time_sampling import check_times
 from mmf_lightning.sources import Source, StandardNormal
+from mmf_lightning.training.batches import batch_dict, unpack_batch
+from mmf_lightning.training.checks import check_lambda_scheduler, check_net_and_data
+from mmf_lightning.training.optim import lr_factor, make_optimizer
+from mmf_lightning.training.reporting import LossWindow, report_batch_and_lr
 from mmf_lightning.training.rng_state import gather_rng, rank_seed, restore_rng
 from mmf_lightning.training.sharding import FSDPModule, check_sharding, fully_shard, sharded_blocks
 from mmf_lightning.training.skip_guard import SkipGuard
@@ -32,28 +34,6 @@ except ImportError:  # pragma: no cover
     _given_hyperparameters = None
 
 _INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
-
-
-def unpack_batch(batch: Any) -> dict:
-    """Every DataModule yields a dict: "x" (data, (B, *D)), and optionally "y" (labels, (B,)),
-    "e" (a source sample paired with x) and "path" / "path_velocity" (a trajectory from x at
-    t = 0 to e at t = 1 on a uniform grid, (B, K + 1, *D)). A bare tensor or an (x, y) pair
-    is accepted too. Returns {"x", "y", "e", "path"}, absent entries None."""
-    batch = batch_dict(batch)
-    path = SampledPath(batch["path"], batch["path_velocity"]) if "path" in batch else None
-    return {"x": batch["x"], "y": batch.get("y"), "e": batch.get("e"), "path": path}
-
-
-def batch_dict(batch: Any) -> dict:
-    """A batch as the dict every DataModule yields (a bare tensor or (x,) is {"x"}, a pair {"x", "y"})."""
-    if isinstance(batch, torch.Tensor):
-        batch = {"x": batch}
-    elif isinstance(batch, (list, tuple)) and len(batch) in (1, 2):  # TensorDataset's (x,) or (x, y)
-        batch = dict(zip(("x", "y"), batch))
-    if not isinstance(batch, dict) or "x" not in batch:
-        kind = type(batch).__name__
-        raise TypeError(f"a batch must be a dict with key 'x', a tensor, (x,) or an (x, y) pair, got {kind}")
-    return batch
 
 
 # validation and test losses draw their times and noise from this seed (plus the batch and rank)
@@ -129,7 +109,7 @@ class MeanFlowModule(L.LightningModule):
         self.net = net
         self.objective = objective
         self.lam = 0.0
-        self._loss_window: deque[torch.Tensor] = deque(maxlen=loss_var_window)  # one mean loss per optimizer step
+        self._loss_window = LossWindow(maxlen=loss_var_window)  # one mean loss per optimizer step
         self._step_losses: list[torch.Tensor] = []  # the micro-batch losses of the step under way
         self._steps_seen = 0
         self.guard = SkipGuard(max_skipped_in_a_row)
@@ -200,7 +180,7 @@ class MeanFlowModule(L.LightningModule):
         if num_samples < 1:
             raise ValueError(f"need num_samples >= 1, got {num_samples}")
         e = self.source.sample(num_samples, self.data_shape, generator, self.device).to(self.device)
-        return e, self._sample_labels(num_samples, y, generator)
+        return e, sampling.sample_labels(self.net, num_samples, y, generator, self.device)
 
     def trajectory_from(self, e: torch.Tensor, steps: int = 1, y=None, generator=None) -> torch.Tensor:
         """The states from given starts e (N, *data_shape): (steps + 1, N, *data_shape)
@@ -234,51 +214,9 @@ class MeanFlowModule(L.LightningModule):
         """The net, with classifier-free guidance at ``guidance_scale`` (``sampling.ClassifierFreeGuidance``)."""
         return sampling.guided(self.net, self.guidance_scale)
 
-    def _sample_labels(self, n, y, generator):
-        num_classes = getattr(self.net, "num_classes", None)
-        if not num_classes:
-            if y is not None:
-                raise ValueError("labels y given but the network is unconditional")
-            return None
-        if y is None:  # a class-conditional net samples uniformly random classes
-            device = generator.device if generator is not None else self.device
-            return torch.randint(0, num_classes, (n,), generator=generator, device=device).to(self.device)
-        y = torch.as_tensor(y).long()
-        check_labels(y, num_classes)
-        return y.to(self.device).expand(n)
-
     # -- training ----------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        precision = str(self.trainer.precision) if self._trainer is not None else "32-true"
-        if precision in ("16-true", "bf16-true"):
-            raise ValueError(
-                f"trainer.precision={precision} keeps the weights in half precision, which the float32 JVP "
-                "cannot mix with; use bf16-mixed or 16-mixed (the weights stay float32, the JVP runs in float32)"
-            )
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        shape = getattr(dm, "data_shape", None)
-        if shape is not None and tuple(shape) != self.data_shape:
-            raise ValueError(
-                f"the network expects data of shape {self.data_shape} but the datamodule "
-                f"{type(dm).__name__} yields {tuple(shape)}; set the network's shape options "
-                "(e.g. model.net.init_args.in_channels / image_size / dim) to match"
-            )
-        dm_classes = getattr(dm, "num_classes", None)
-        net_classes = getattr(self.net, "num_classes", None)
-        if dm_classes and net_classes and dm_classes != net_classes:
-            raise ValueError(f"the network has num_classes={net_classes}, the datamodule {dm_classes}")
-        if net_classes and dm is not None and not dm_classes:
-            raise ValueError(
-                f"the network is class-conditional (num_classes={net_classes}) but the datamodule "
-                f"{type(dm).__name__} has no labels"
-            )
-        self.objective.check_net(self.net)
-        dm_source = getattr(dm, "source", None)
-        if dm_source is not None and dm_source != self.source:
-            raise ValueError(
-                f"the datamodule draws its sources e from {dm_source!r} but the model samples from "
-                f"{self.source!r}; set model.source to the same (class_path and init_args)"
-            )
+        check_net_and_data(self.net, self.objective, self.source, self._trainer)
 
     def configure_model(self) -> None:
         """With ``shard``, in a fit: FSDP2 over the strategy's data-parallel mesh (``ModelParallelStrategy``). A
@@ -302,45 +240,8 @@ class MeanFlowModule(L.LightningModule):
             rank_zero_info(f"started the network from {self.init_from} ({loaded} tensors)")
         if self.trainer.world_size > 1:  # every rank would otherwise draw the same noise and times
             torch.manual_seed(rank_seed(torch.initial_seed(), self.global_rank))
-        schedulers = [cb for cb in self.trainer.callbacks if type(cb).__name__ == "LambdaScheduler"]
-        if len(schedulers) > 1:
-            raise ValueError(
-                f"{len(schedulers)} LambdaScheduler callbacks are configured; keep one (on the command line, "
-                "the top-level lambda_schedule group already adds one)"
-            )
-        if self.objective.uses_lambda and not schedulers:
-            raise ValueError(
-                f"{type(self.objective).__name__} reads lambda, but no LambdaScheduler callback is configured; "
-                "add one to trainer.callbacks, e.g. class_path: mmf_lightning.callbacks.LambdaScheduler "
-                "with init_args.schedule a Constant / LinearWarmup / CosineWarmup / Step"
-            )
-        self._report_batch_and_lr()
-
-    def _report_batch_and_lr(self) -> None:
-        """Says, and logs as hyperparameters, the batch one optimizer step sees over all devices and
-        the learning rate it is taken with: what a paper's recipe fixes, whatever the hardware."""
-        trainer, dm = self.trainer, self.trainer.datamodule
-        world, accumulate = trainer.world_size, trainer.accumulate_grad_batches
-        if callable(getattr(dm, "device_batch_size", None)):
-            per_device = dm.device_batch_size(train=True)
-        elif isinstance(getattr(dm, "batch_size", None), int):  # a DataModule of its own: batch_size per device
-            per_device = dm.batch_size
-        else:
-            return
-        facts = {
-            "global_batch_size": per_device * world * accumulate,
-            "device_batch_size": per_device,
-            "world_size": world,
-            "accumulate_grad_batches": accumulate,
-            "lr": self.hparams.lr,
-        }
-        rank_zero_info(
-            f"global batch {facts['global_batch_size']} = {world} device(s) x {per_device} rows x {accumulate} "
-            f"accumulated micro-batch(es) per optimizer step; learning rate {self.hparams.lr:g} "
-            "(not scaled with the batch)"
-        )
-        for logger in self.loggers:
-            logger.log_hyperparams(facts)
+        check_lambda_scheduler(self.trainer, self.objective)
+        report_batch_and_lr(self.trainer, self.hparams.lr)
 
     def _labels(self, b: dict) -> torch.Tensor | None:
         """Labels go to class-conditional nets only; an unconditional net ignores them."""
@@ -414,17 +315,10 @@ class MeanFlowModule(L.LightningModule):
             self.guard.check(self.global_step, self.lam, self.trainer)
 
     def loss_variance(self) -> torch.Tensor | None:
-        """Unbiased variance of the last ``loss_var_window`` training losses (one per optimizer step,
-        None before two steps): the paper's training-stability measure. Checkpoints keep the
-        window, so a reloaded module still has it."""
-        if len(self._loss_window) < 2:
-            return None
-        device = self._loss_window[-1].device  # values restored from a checkpoint are on the CPU
-        values = torch.stack([v.to(device) for v in self._loss_window])
-        finite = torch.isfinite(values)  # skipped steps leave a NaN: left out, without a sync
-        n = finite.sum()
-        mean = torch.where(finite, values, 0.0).sum() / n
-        return torch.where(finite, (values - mean) ** 2, 0.0).sum() / (n - 1)
+        """Unbiased variance of the last ``loss_var_window`` training losses (one per optimizer step, None before
+        two steps): the paper's training-stability measure. Checkpoints keep the window, so a reloaded module
+        still has it."""
+        return self._loss_window.variance()
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """The total gradient 2-norm, before any clipping; a step whose loss or gradient is not
@@ -468,37 +362,16 @@ class MeanFlowModule(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        opt_cls = torch.optim.AdamW if hp.weight_decay > 0 else torch.optim.Adam
-        args = dict(lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
-        # fused: skips a non-finite step on the device (found_inf), and is the fastest Adam. Not under a loss scaler
-        # (16-mixed): a fused Adam unscales inside its step, so the gradient norm, the skip and spike checks and
-        # gradient clipping would all see the scaled gradient (and Lightning refuses clipping); the plain Adam lets
-        # Lightning unscale first, and the scaler skips the steps whose gradient overflowed
         scaled = self._trainer is not None and str(self.trainer.precision) == "16-mixed"
-        try:
-            optimizer = opt_cls(self.net.parameters(), **args, **({} if scaled else {"fused": True}))
-        except RuntimeError:  # a device or dtype without the fused kernel: SkipGuard drops the grads instead
-            optimizer = opt_cls(self.net.parameters(), **args)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, self.lr_factor(self.trainer.estimated_stepping_batches)
-        )
+        optimizer = make_optimizer(self.net.parameters(), hp.lr, hp.betas, hp.weight_decay, loss_scaled=scaled)
+        factor = self.lr_factor(self.trainer.estimated_stepping_batches)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def lr_factor(self, total_steps: int):
-        """``step -> factor`` of ``lr`` at each optimizer step of a run of ``total_steps``: the linear warm-up,
-        then the cosine decay to ``min_lr`` at the last step (or constant)."""
+        """``step -> factor`` of ``lr`` in a run of ``total_steps``: ``optim.lr_factor`` with this module's settings."""
         hp = self.hparams
-        total, warmup, floor = max(int(total_steps), 1), hp.lr_warmup_steps, hp.min_lr / hp.lr
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            if hp.lr_decay == "constant":
-                return 1.0
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        return factor
+        return lr_factor(total_steps, hp.lr_warmup_steps, hp.lr_decay, hp.min_lr / hp.lr)
 
     # -- checkpoints -------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
