@@ -43,7 +43,7 @@ def test_module_samples_with_guidance_from_the_same_starts():
     torch.testing.assert_close(one_step, e - (u_null + 3.0 * (u_y - u_null)))  # x = e - u_w(e, 0, 1)
     with pytest.warns(UserWarning, match=r"with 2 step\(s\)") as caught:
         states = module.trajectory_from(e, 2, y)
-    assert caught[0].filename.endswith("mmf_lightning/training/module.py")  # the caller of sampling.trajectory, not torch
+    assert caught[0].filename.endswith("mmf_lightning/training/module.py")  # sampling.trajectory's caller
     assert states.shape == (3, 4, 2) and torch.isfinite(states).all()
 
 
