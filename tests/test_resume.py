@@ -12,6 +12,7 @@ processes of each phase run side by side (2 cores)."""
 
 import csv
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -75,19 +76,28 @@ def test_killed_and_preempted_runs_resume_exactly(tmp_path):
     killed.send_signal(signal.SIGKILL)  # no handler runs: the checkpoint at step 6 is all that is left
     killed.wait(timeout=30)
     preempted = _start(stop_at_7("preempted", 2), tmp_path, "preempted")
+    interrupted = _start(stop_at_7("interrupted", 2), tmp_path, "interrupted")
     _wait_for(tmp_path / "preempted", preempted)
     preempted.send_signal(signal.SIGTERM)
+    _wait_for(tmp_path / "interrupted", interrupted)
+    interrupted.send_signal(signal.SIGINT)  # Ctrl-C: saved as SIGTERM is
     out = _finish(preempted)  # status 0: a scheduler may requeue it
     runs = tmp_path / "mmf_curriculum_instantaneous"
     last = runs / "preempted" / "checkpoints" / "last.ckpt"
     assert f"SIGTERM at step 7: saved {last}" in out
+    said = _finish(interrupted)
+    assert f"Ctrl-C at step 7: saved {runs / 'interrupted' / 'checkpoints' / 'last.ckpt'}; resume with: " in said
+    resume = shlex.split(said.split("resume with: ")[1].splitlines()[0])  # the printed command, run as it is
+    assert resume[:3] == ["python", "-m", "mmf_lightning"] and resume[-2:] == ["--ckpt_path", "last"]
+    from_interrupt = subprocess.Popen([sys.executable, *resume[1:]], env=ENV, cwd=tmp_path, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True)  # fmt: skip
     saved = torch.load(last, weights_only=True)
     assert saved["global_step"] == 7 and saved["callbacks"]  # with the lambda schedule's and the EMA's states
     assert sorted(p.name for p in periodic.iterdir()) == ["step=3.ckpt", "step=6.ckpt"]
 
     from_kill = _start([f"--ckpt_path={periodic / 'step=6.ckpt'}"], tmp_path, "resumed")
     from_sigterm = _start(["--ckpt_path=last"], tmp_path, "preempted")  # the same command, the same folder
-    for proc in (whole, from_kill, from_sigterm):
+    for proc in (whole, from_kill, from_sigterm, from_interrupt):
         _finish(proc)
 
     reference = _losses(runs / "whole")
@@ -98,10 +108,62 @@ def test_killed_and_preempted_runs_resume_exactly(tmp_path):
     assert sorted(after_sigterm) == list(range(12))  # one metrics.csv: the rows from before SIGTERM kept
     for step in range(6, 12):
         assert after_kill[step] == reference[step], f"step {step}: resumed {after_kill[step]}, whole {reference[step]}"
+    after_interrupt = _losses(runs / "interrupted")
     for step in range(12):
         assert after_sigterm[step] == reference[step], f"step {step}: {after_sigterm[step]}, whole {reference[step]}"
+        assert after_interrupt[step] == reference[step], f"step {step}: {after_interrupt[step]}, {reference[step]}"
     (preempted_run,) = [r for r in find_runs(tmp_path) if r.folder.name == "preempted"]
     assert preempted_run.metrics["train/loss"][0] == list(range(12))
+
+
+def _fit_small(tmp_path, *extra):
+    command = [sys.executable, "-m", "mmf_lightning", "fit", "--config", str(ROOT / "configs/quickstart.yaml"), *SMALL,
+               f"--trainer.default_root_dir={tmp_path}", *extra]  # fmt: skip
+    return subprocess.run(command, env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+
+
+def test_ckpt_path_last_continues_the_newest_run_of_the_config_in_its_folder(tmp_path):
+    """`--ckpt_path last` (the README's resume) with no version given: the newest last.ckpt of this config's runs,
+    and the run goes on in that folder (no new version_1 trained from scratch); with none, exit 2 naming where
+    it looked."""
+    nothing = _fit_small(tmp_path, "--ckpt_path", "last")
+    assert nothing.returncode == 2
+    runs = tmp_path / "mmf_curriculum_instantaneous"
+    assert nothing.stderr.strip().splitlines()[-1] == (
+        f"error: --ckpt_path last: no last.ckpt at {runs}/*/checkpoints/last.ckpt; train this config first (with "
+        "the same --trainer.default_root_dir or logger save_dir and name), or pass a checkpoint's path"
+    )
+    first = _fit_small(tmp_path, "--trainer.max_steps=6")
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = _fit_small(tmp_path, "--ckpt_path", "last")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming from {runs / 'version_0' / 'checkpoints' / 'last.ckpt'}" in again.stderr
+    assert sorted(p.name for p in runs.iterdir()) == ["version_0"]
+    assert sorted(_losses(runs / "version_0")) == list(range(12))
+
+
+def test_a_checkpoint_of_another_model_is_refused_naming_each_setting(tmp_path):
+    """fit / validate with --ckpt_path of a checkpoint whose network or objective differ from the config's stop
+    before training, naming each setting and --model.init_from (it used to train the checkpoint's net silently)."""
+    assert _fit_small(tmp_path, "--trainer.max_steps=2").returncode == 0
+    (ckpt,) = tmp_path.rglob("last.ckpt")
+    for command in ("fit", "validate"):
+        other = [
+            "--model.net.init_args.width=64",
+            "--model.objective.init_args.tangent=conditional",
+            f"--ckpt_path={ckpt}",
+        ]
+        proc = _fit_small(tmp_path, *other)
+        if command == "validate":
+            args = [a if a != "fit" else "validate" for a in proc.args]
+            proc = subprocess.run(args, env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"error: --ckpt_path {ckpt} is a checkpoint of another model than the config's: ")
+        assert "model.net.init_args.width: checkpoint 32, config 64" in last
+        assert "model.objective.init_args.tangent: checkpoint 'instantaneous', config 'conditional'" in last
+        assert f"--model.init_from={ckpt}" in last
+    assert len(list(tmp_path.rglob("last.ckpt"))) == 1
 
 
 @pytest.mark.slow  # Lightning's own SLURM plugin path (the SIGTERM and SIGKILL resumes above run in every suite)

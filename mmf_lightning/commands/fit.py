@@ -58,7 +58,8 @@ class MMFLightningCLI(LightningCLI):
         if fid is not None:
             trainer.callbacks.append(fid)
         if not any(isinstance(cb, SaveOnPreemption) for cb in trainer.callbacks):
-            trainer.callbacks.append(SaveOnPreemption())  # SIGTERM saves last.ckpt and exits cleanly
+            # SIGTERM and Ctrl-C save last.ckpt and exit cleanly; every resumable stop prints this command
+            trainer.callbacks.append(SaveOnPreemption(self.resume_command()))
         if type(trainer.strategy.checkpoint_io).__name__ == "TorchCheckpointIO":  # (a user's own plugin stays)
             from mmf_lightning.training.checkpoints import AtomicCheckpointIO
 
@@ -66,22 +67,56 @@ class MMFLightningCLI(LightningCLI):
         return trainer
 
     def parse_arguments(self, parser, args) -> None:
-        """Parses, and reads a ``--ckpt_path`` file safely (``weights_only``) before anything else
-        does, so a truncated or foreign file stops the command with its name."""
+        """Parses, names the run's folder (``place_run``), and then checks ``--ckpt_path`` before Lightning reads
+        it: ``last`` becomes the newest ``last.ckpt`` of this config's runs, in whose folder the run continues; the
+        file is read safely (``weights_only``: a truncated or foreign file stops the command with its name); and a
+        checkpoint of another network or objective than the config's is refused, naming each setting."""
+        from mmf_lightning.runs.resume import model_differences, resolve_last
         from mmf_lightning.training.checkpoints import read_checkpoint
 
         self._command_line = [a for a in (sys.argv[1:] if args is None else args) if isinstance(a, str)]
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
-        ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt is not None and str(ckpt) not in ("last", "best", "hpc", "registry"):
-            read_checkpoint(ckpt)
+        cfg = self.config[subcommand] if subcommand else self.config
+        self.place_run(cfg)
+        if not subcommand:
+            return
+        if cfg.get("ckpt_path") == "last":
+            cfg.ckpt_path = str(resolve_last(cfg))
+            print(f"--ckpt_path last: resuming from {cfg.ckpt_path}", file=sys.stderr)
+        ckpt = cfg.get("ckpt_path")
+        if ckpt is None or str(ckpt) in ("best", "hpc", "registry"):
+            return
+        differences = model_differences(cfg.get("model"), read_checkpoint(ckpt).get("hyper_parameters", {}))
+        if differences:
+            raise ValueError(
+                f"--ckpt_path {ckpt} is a checkpoint of another model than the config's: {'; '.join(differences)}. "
+                f"To resume, give the config the checkpoint was trained with; to fine-tune its weights with this "
+                f"config, pass --model.init_from={ckpt} instead of --ckpt_path"
+            )
+
+    def resume_command(self) -> str | None:
+        """The command that resumes this run: the same one, with ``--ckpt_path last`` (None for no ``fit``)."""
+        import shlex
+
+        line = getattr(self, "_command_line", [])
+        if not line or line[0] != "fit":
+            return None
+        kept, skip = [], False
+        for arg in line:
+            if skip:
+                skip = False
+            elif arg == "--ckpt_path":
+                skip = True
+            elif not arg.startswith("--ckpt_path="):
+                kept.append(arg)
+        return shlex.join(["python", "-m", "mmf_lightning", *kept, "--ckpt_path", "last"])
 
     def _given(self, *keys: str) -> bool:
         """Whether the command line sets one of ``keys`` (``--key=value`` or ``--key value``)."""
         return any(a.split("=", 1)[0] in {f"--{k}" for k in keys} for a in getattr(self, "_command_line", []))
 
-    def before_instantiate_classes(self) -> None:
+    def place_run(self, cfg) -> None:
         """Where the run goes and what it is called, for every logger:
 
         - ``--trainer.default_root_dir`` on the command line moves the whole run (the logger's
@@ -90,7 +125,6 @@ class MMFLightningCLI(LightningCLI):
           unless the logger was given a name; a W&B run also gets the config's folders as tags and
           the project ``mmf-lightning`` unless given, and its ``save_dir`` is made absolute.
         """
-        cfg = self.config[self.config.subcommand] if "subcommand" in self.config else self.config
         trainer = cfg.get("trainer", {})
         loggers = trainer.get("logger")
         for logger in loggers if isinstance(loggers, list) else [loggers]:

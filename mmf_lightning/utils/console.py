@@ -13,6 +13,9 @@ THIRD_PARTY_WARNINGS = [
     # (message regex, category, module regex of the warning's origin)
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", Warning, r"lightning\.pytorch\.utilities\._pytree"),
     (r"`torch\.jit\.script` is deprecated", FutureWarning, r"torch\.jit\._script"),
+    # a resumed run continues in its own folder, and our sampler resumes mid-epoch (data.base.ResumableSampler)
+    (r"Checkpoint directory .* exists and is not empty", UserWarning, r"lightning\.pytorch"),
+    (r"You're resuming from a checkpoint that ended before the epoch ended", UserWarning, r"lightning\.pytorch"),
 ]
 
 
