@@ -57,6 +57,7 @@ def paper_runs(tmp_path_factory):
     return PaperRuns(shared_folder(tmp_path_factory, "paper_runs"))
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(config, items):
     """Under ``--dist loadgroup`` the tests that read the paper's runs go to one worker, which trains them once while
     the other worker runs the rest."""

@@ -171,3 +171,89 @@ def test_empty_or_nan_trajectory_files_are_named(tmp_path, data):
     with pytest.raises(ValueError) as err:
         NpzTrajectoryDataModule(file=str(path)).setup("fit")
     assert str(path) in str(err.value) or "t.npz" in str(err.value)
+
+
+def _constructor_options(config: str) -> list[str]:
+    """Every scalar constructor argument of a config's groups (the model and its net, objective and time sampler,
+    the data, the lambda schedule), as command-line keys."""
+    from helpers import ParseOnly
+
+    cfg = ParseOnly(args=["fit", "--config", str(ROOT / config)]).config["fit"]
+    keys = []
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            if key == "__path__":
+                continue
+            if hasattr(value, "items"):
+                walk(value, f"{prefix}.{key}")
+            elif isinstance(value, bool | int | float | str) or value is None:
+                keys.append(f"{prefix}.{key}")
+
+    for group in ("model", "data", "lambda_schedule"):
+        walk(cfg[group], group)
+    return [k for k in keys if not k.endswith(".class_path")]
+
+
+QUICKSTART_OPTIONS = _constructor_options("configs/quickstart.yaml")
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(option=st.sampled_from(QUICKSTART_OPTIONS), text=TEXT)
+def test_the_cli_names_every_bad_constructor_value_in_one_line(option, text, monkeypatch, capsys):
+    """Through the command line (`commands.main`, up to the run's objects; the training itself is left out): any
+    value for any constructor argument of the quickstart's groups is taken, or ends in one line naming the option
+    or the value with exit status 2, never in a traceback."""
+    from mmf_lightning.commands import main
+
+    monkeypatch.setattr(MMFLightningCLI, "_run_subcommand", lambda self, subcommand: None)
+    args = ["fit", "--config", str(ROOT / "configs/quickstart.yaml"), f"--{option}={text}", "--trainer.logger=false"]
+    capsys.readouterr()
+    try:
+        main(args)
+    except SystemExit as err:
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert err.code == 2 and lines, lines
+        assert lines[-1].startswith("error: ") and "Traceback" not in "\n".join(lines), lines
+        assert option.rsplit(".", 1)[-1] in lines[-1] or text.strip() in lines[-1], (option, text, lines[-1])
+
+
+def test_every_config_group_has_options_in_the_fuzz():
+    groups = {o.split(".")[0] for o in QUICKSTART_OPTIONS}
+    assert groups == {"model", "data", "lambda_schedule"}
+    assert {"model.net.init_args.width", "model.objective.init_args.tangent", "data.init_args.batch_size",
+            "model.objective.init_args.time_sampler.init_args.equal_fraction"} <= set(QUICKSTART_OPTIONS)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--data.init_args.batch_size=0"], "error: batch_size must be a whole number in [1, 1e+12], got 0"),
+        (
+            [
+                "--lambda_schedule.schedule=mmf_lightning.objectives.Constant",
+                "--lambda_schedule.schedule.init_args.value=2",
+            ],
+            "error: Constant lambda value must be in [0, 1], got 2.0",
+        ),
+        (["--model.lr=abc"], "error: Parser key \"model.lr\": Expected a <class 'float'>. Got value: abc; see"),
+        (["--trainer.max_step=100"], "error: unrecognized arguments: --trainer.max_step=100; see"),
+        (["--model.net.init_args.dim=3"], "error: the network expects data of shape (3,) but the datamodule"),
+    ],
+    ids=["constructor", "schedule", "type", "abbreviation", "setup"],
+)
+def test_the_real_command_line_ends_a_fixable_error_in_one_line(tmp_path, extra, expected):
+    """`python -m mmf_lightning fit` in a process of its own: exit 2, the error on the last line of stderr, no usage
+    and no traceback before it; an abbreviation of an option is refused, not taken."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "mmf_lightning", "fit", "--config", str(ROOT / "configs/quickstart.yaml"), *extra]
+    proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith(expected), lines[-1]
+    assert not any(line.startswith(("usage:", "Traceback")) for line in lines), lines
+    assert not list(tmp_path.rglob("version_*")) and not list(tmp_path.rglob("config.yaml"))  # no run folder

@@ -71,7 +71,7 @@ def test_notebook_runs_top_to_bottom_in_a_kernel(path, executed, paper_runs):
     outputs = [out for cell in notebook.cells if cell.cell_type == "code" for out in cell.outputs]
     assert not [out for out in outputs if out.output_type == "error"]
     images = [out for out in outputs if "image/png" in out.get("data", {})]
-    figure_cells = [c for c in notebook.cells if c.cell_type == "code" and "plots." in c.source.splitlines()[-1]]
+    figure_cells = [c for c in notebook.cells if c.cell_type == "code" and "figures." in c.source.splitlines()[-1]]
     assert len(images) >= max(1, len(figure_cells)), f"{path.name} drew {len(images)} figures"
     text = "".join(out.get("text", "") for out in outputs if out.output_type == "stream")
     if path.stem == "analyse_run":

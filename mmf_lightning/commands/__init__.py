@@ -5,6 +5,7 @@ heavy: each command imports what it needs when it runs."""
 import importlib
 import os
 import sys
+from argparse import ArgumentError
 from pathlib import Path
 
 # the commands LightningCLI does not have: name -> (module, function of the arguments after the name);
@@ -66,11 +67,31 @@ def main(argv: list[str] | None = None) -> None:
         from mmf_lightning.commands.fit import MMFLightningCLI
 
         MMFLightningCLI(args=None if argv is None else args)
-    except (ValueError, OSError, TypeError) as err:
-        if os.environ.get(TRACEBACK_ENV, "0") == "1" or not raised_by_this_package(err):
+    except (ValueError, OSError, TypeError, ArgumentError) as err:
+        message = one_line_error(err, args[0] if args else None)
+        if os.environ.get(TRACEBACK_ENV, "0") == "1" or message is None:
             raise
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def one_line_error(err: BaseException, command: str | None) -> str | None:
+    """The one line for an error the user can fix, or None (a bug: its traceback shows). Our own checks' messages
+    name the value and the fix, also when jsonargparse wraps them (a constructor's check during instantiation);
+    jsonargparse's own parse errors (a wrong type, an unknown or abbreviated option, a missing file) become their
+    first lines, without the usage, and point to the command's help."""
+    cause: BaseException | None = err
+    while cause is not None:  # the innermost error of ours in the chain
+        if isinstance(cause, (ValueError, OSError, TypeError)) and raised_by_this_package(cause):
+            return " ".join(str(cause).split())
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(err, ArgumentError) or "Parser key" in str(err) or "validate against" in str(err):
+        skip = ("Given value", "Subtypes:", "Errors:", "Expected a <class 'NoneType'>", "tip:", "usage:", "Does not valid")
+        lines = [line.strip().removeprefix("- ") for line in str(err).splitlines() if line.strip()]
+        text = " ".join(line for line in lines if not line.startswith(skip))
+        where = f"python -m mmf_lightning {command} --help" if command else "python -m mmf_lightning --help"
+        return f"{text}; see `{where}`"
+    return None
 
 
 def raised_by_this_package(err: BaseException) -> bool:

@@ -14,6 +14,9 @@ from mmf_lightning.runs.run_config import RunConfig
 from mmf_lightning.training.module import MeanFlowModule
 
 
+STRICT = {"exit_on_error": False, "allow_abbrev": False}
+
+
 class MMFLightningCLI(LightningCLI):
     """LightningCLI with two top-level groups: ``lambda_schedule``, the LambdaScheduler callback
     that every run gets (default: the paper's curriculum, T_warmup = 100k), and ``fid``, the FID
@@ -26,9 +29,13 @@ class MMFLightningCLI(LightningCLI):
             subclass_mode_data=True,
             seed_everything_default=0,
             save_config_callback=RunConfig,
+            # errors raise (``commands.main`` turns them into one line, without the usage), and an option is
+            # never taken as the abbreviation of another (--trainer.max_step is not --trainer.max_steps)
             parser_kwargs={
                 "prog": "python -m mmf_lightning",
                 "description": "Train, sample and evaluate one-step generators (Modular MeanFlow and relatives).",
+                **STRICT,
+                **{name: dict(STRICT) for name in LightningCLI.subcommands()},
             },
             save_config_kwargs={"overwrite": True},
             args=args,
@@ -71,10 +78,13 @@ class MMFLightningCLI(LightningCLI):
         it: ``last`` becomes the newest ``last.ckpt`` of this config's runs, in whose folder the run continues; the
         file is read safely (``weights_only``: a truncated or foreign file stops the command with its name); and a
         checkpoint of another network or objective than the config's is refused, naming each setting."""
+        from mmf_lightning.runs.configs import check_includes
         from mmf_lightning.runs.resume import model_differences, resolve_last
         from mmf_lightning.training.checkpoints import read_checkpoint
 
         self._command_line = [a for a in (sys.argv[1:] if args is None else args) if isinstance(a, str)]
+        for config in config_files(self._command_line):
+            check_includes(config)
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         cfg = self.config[subcommand] if subcommand else self.config
@@ -191,3 +201,14 @@ def config_parts(config) -> tuple[str, ...]:
     """A config file's path below ``configs/`` without the suffix: ``("ode", "lambda0")``."""
     path = Path(str(config)).with_suffix("")
     return path.parts[path.parts.index("configs") + 1 :] if "configs" in path.parts else (path.name,)
+
+
+def config_files(command_line: list[str]) -> list[str]:
+    """The files of ``--config`` / ``-c`` on a command line."""
+    files = []
+    for i, arg in enumerate(command_line):
+        if arg in ("--config", "-c") and i + 1 < len(command_line):
+            files.append(command_line[i + 1])
+        elif arg.startswith("--config="):
+            files.append(arg.split("=", 1)[1])
+    return files

@@ -130,3 +130,28 @@ def run_uses_lpips(config: dict) -> bool:
         if isinstance(cb, dict) and str(cb.get("class_path", "")).endswith("PathMetrics"):
             return bool((cb.get("init_args") or {}).get("lpips", True))
     return True
+
+
+def check_includes(path: str | Path) -> None:
+    """A ValueError naming the first file a config includes (a value such as ``data: ../presets/x.yaml``, resolved
+    against the config's folder, as jsonargparse resolves it) that does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--config {path} does not exist")
+    for value in _strings(yaml.safe_load(path.read_text())):
+        if value.endswith((".yaml", ".yml")) and not (path.parent / value).is_file():
+            raise FileNotFoundError(
+                f"{path} includes {value}, which does not exist (looked for {(path.parent / value).resolve()}); "
+                "fix the path in the config"
+            )
+
+
+def _strings(node):
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _strings(value)
+    elif isinstance(node, str):
+        yield node

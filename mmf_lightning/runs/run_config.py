@@ -8,6 +8,8 @@ as YAML-safe data (dicts, lists, strings, numbers), so ``evaluate`` needs nothin
 checkpoint and the file still loads with ``torch.load(..., weights_only=True)``.
 """
 
+from pathlib import Path
+
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
@@ -28,6 +30,7 @@ class RunConfig(SaveConfigCallback):
         self.plain = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
         folder = run_dir(trainer)  # a collective: on every rank
         if trainer.is_global_zero:
+            self._folder = folder
             folder.mkdir(parents=True, exist_ok=True)
             path = str(folder / self.config_filename)
             self.parser.save(self.config, path, skip_none=False, overwrite=True, multifile=self.multifile)
@@ -36,11 +39,29 @@ class RunConfig(SaveConfigCallback):
                     self._to_wandb(logger, folder)
         self.already_saved = True
 
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        """A fit that stops before its first optimizer step leaves no run folder behind (a folder of a config and
+        nothing else would pass for a run): its config goes, and the folders above it that are left empty, up to
+        ``default_root_dir``; a folder that holds anything else stays."""
+        folder = getattr(self, "_folder", None)
+        if folder is None or trainer.global_step > 0 or trainer.state.fn != "fit" or not trainer.is_global_zero:
+            return
+        for name in (self.config_filename, "wandb", "wandb.txt"):
+            path = folder / name
+            if path.is_symlink() or path.is_file():
+                path.unlink()
+        root = Path(trainer.default_root_dir).resolve()
+        for made in (folder, *folder.parents):
+            if made.resolve() == root:
+                break
+            try:
+                made.rmdir()  # only while empty: anything else written there stays
+            except OSError:
+                break
+
     def _to_wandb(self, logger, folder) -> None:
         """The whole resolved config into the W&B run, once, from rank 0 (the other ranks have no
         run); and a link ``<run folder>/wandb`` to W&B's own files of the run (metrics, media)."""
-        from pathlib import Path
-
         logger.experiment.config.update(self.plain, allow_val_change=True)
         link, target = folder / "wandb", Path(logger.experiment.dir).resolve().parent
         if not link.exists():
