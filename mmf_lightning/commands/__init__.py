@@ -86,7 +86,8 @@ def one_line_error(err: BaseException, command: str | None) -> str | None:
             return " ".join(str(cause).split())
         cause = cause.__cause__ or cause.__context__
     if isinstance(err, ArgumentError) or "Parser key" in str(err) or "validate against" in str(err):
-        skip = ("Given value", "Subtypes:", "Errors:", "Expected a <class 'NoneType'>", "tip:", "usage:", "Does not valid")
+        skip = ("Given value", "Subtypes:", "Errors:", "Expected a <class 'NoneType'>", "tip:", "usage:")
+        skip += ("Does not validate",)
         lines = [line.strip().removeprefix("- ") for line in str(err).splitlines() if line.strip()]
         text = " ".join(line for line in lines if not line.startswith(skip))
         where = f"python -m mmf_lightning {command} --help" if command else "python -m mmf_lightning --help"

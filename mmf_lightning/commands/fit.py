@@ -13,7 +13,6 @@ from mmf_lightning.commands import COMMANDS
 from mmf_lightning.runs.run_config import RunConfig
 from mmf_lightning.training.module import MeanFlowModule
 
-
 STRICT = {"exit_on_error": False, "allow_abbrev": False}
 
 

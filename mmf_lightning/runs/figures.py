@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from mmf_lightning.figures import colors, draw_trajectories, grouped_bars, panels, show_images, smooth
 from mmf_lightning.runs.folders import Run, find_evaluations
 
+
 def curve(ax, runs: list[Run], key: str, weight: float = 0.0, log: bool = False) -> int:
     """Plot one logged metric against the step for each run that has it; returns how many did."""
     drawn = 0

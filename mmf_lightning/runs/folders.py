@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-
 # -- reading runs back: a folder of runs (a sweep's output) for the figures of `plots` ------------
 
 CONFIG_FILE = "config.yaml"
