@@ -626,15 +626,22 @@ def test_help_lists_every_command(capsys):
         assert re.search(rf"^    {command} +\S", out, re.M), command
 
 
-def test_the_list_of_commands_imports_neither_torch_nor_lightning():
-    """`python -m mmf_lightning --help` answers from a table: the heavy imports wait for a command."""
-    code = (
-        "import runpy, sys\nsys.argv = ['mmf_lightning', '--help']\n"
+@pytest.mark.parametrize(
+    "argv, code",
+    [(["--help"], 0), (["sample", "--help"], 0), (["evaluate", "--help"], 0), (["plot", "--help"], 0),
+     (["download-weights", "--help"], 0), (["evaluate", "missing.ckpt"], 2), (["sample", "--num_samples=1"], 2)],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else str(v),
+)  # fmt: skip
+def test_help_and_argument_errors_import_neither_torch_nor_lightning(argv, code):
+    """The list of commands, each command's help and its argument errors answer before the heavy imports (which
+    cost 5-15 s on a busy machine)."""
+    script = (
+        f"import runpy, sys\nsys.argv = ['mmf_lightning', *{argv!r}]\n"
         "try:\n    runpy.run_module('mmf_lightning', run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
         "print(code, 'lightning' in sys.modules, 'torch' in sys.modules)"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert proc.stdout.strip().splitlines()[-1] == "0 False False", proc.stdout + proc.stderr
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip().splitlines()[-1] == f"{code} False False", proc.stdout + proc.stderr
 
 
 def test_a_quickstart_run_prints_nothing_the_user_cannot_act_on(tmp_path):
@@ -737,3 +744,31 @@ def test_errors_the_user_can_fix_end_in_one_line(config, extra, expected, tmp_pa
     assert info.value.code == 2
     assert err[-1].startswith(expected) and ";" in err[-1], err[-5:]
     assert not any(line.startswith("Traceback") for line in err)
+
+
+def test_sample_takes_a_run_folder_or_a_folder_of_runs_and_tells_a_config_from_a_checkpoint(tmp_path):
+    """`sample` in a process of its own: a run folder samples its last.ckpt, a folder of two runs writes one .npz per
+    run named after it; a YAML file is "not a checkpoint" (it was called a pickle that could run code), a folder
+    without runs is named as such, a missing path "does not exist" (each in one line, exit 2)."""
+    for version in ("a", "b"):
+        _fit(ROOT / "configs/quickstart.yaml", tmp_path, f"--trainer.logger.init_args.version={version}", steps=2)
+    runs = tmp_path / "mmf_curriculum_instantaneous"
+
+    def sample(given, output):
+        command = [sys.executable, "-m", "mmf_lightning", "sample", "--ckpt_path", str(given), "--output",
+                   str(output), "--num_samples", "8"]  # fmt: skip
+        return subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+
+    assert sample(runs / "a", tmp_path / "one.npz").returncode == 0
+    assert np.load(tmp_path / "one.npz")["samples"].shape == (8, 2)
+    assert sample(runs, tmp_path / "all.npz").returncode == 0
+    assert sorted(p.name for p in tmp_path.glob("all_*.npz")) == ["all_a.npz", "all_b.npz"]
+    (tmp_path / "empty").mkdir()
+    for given, message in [
+        (ROOT / "configs/quickstart.yaml", "is not a checkpoint but a YAML file: a config goes to --config"),
+        (tmp_path / "empty", "is a folder with no checkpoint of a run under it"),
+        (tmp_path / "nope.ckpt", "nope.ckpt does not exist"),
+    ]:
+        proc = sample(given, tmp_path / "x.npz")
+        assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+        assert proc.stderr.startswith("error: ") and message in proc.stderr, proc.stderr

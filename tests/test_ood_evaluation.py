@@ -201,3 +201,17 @@ def test_shifted_digits_are_the_fid_reference_and_are_deterministic():
         cifar.reference_set("train")
     with pytest.raises(ValueError, match="for evaluation"):
         noisy.setup("fit")
+
+
+def test_evaluate_takes_a_run_folder_or_a_folder_of_runs_and_a_config_with_includes(digits_run, tmp_path):
+    """`evaluate <run folder>` (its last.ckpt) and `evaluate <folder of runs>` (each run's) with `--config` a file of
+    configs/ whose `data:` and `fid:` are includes, read as `fit` reads them (it crashed on the fid include)."""
+    ckpt, _ = digits_run
+    run_folder = ckpt.parents[1]
+    for given in (run_folder, run_folder.parent.parent):
+        out = tmp_path / given.name
+        main(["evaluate", str(given), "--config", str(ROOT / "configs/digits/quick.yaml"), "--output", str(out),
+              "--fid", "off", *FAST])  # fmt: skip
+        (name,) = json.loads((out / "evaluation.json").read_text())["runs"]
+        run = _report(out)
+        assert run["checkpoint"] == str(ckpt) and run["config"] == str(ROOT / "configs/digits/quick.yaml")

@@ -12,6 +12,7 @@ from matplotlib.quiver import Quiver
 
 from mmf_lightning import MeanFlowModule
 from mmf_lightning.commands import main
+from mmf_lightning.commands import plot as plot_command
 from mmf_lightning.runs import figures, find_runs
 
 
@@ -130,6 +131,7 @@ def test_plot_command_writes_every_figure_that_applies_and_names_what_it_skips(p
     out = capsys.readouterr().out
     names = sorted(p.stem for p in tmp_path.glob("*.png"))
     assert names == sorted(set(figures.FIGURES) - {"trajectories"})
+    assert list(figures.FIGURES) == list(plot_command.FIGURES)  # every figure drawn is described, and the reverse
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in tmp_path.glob("*.png"))
     assert "skipped trajectories:" in out and "not a trajectory task" in out
     assert "λ=0" in out and "curriculum (linear, 6 steps)" in out

@@ -2,6 +2,7 @@
 ``sample``, ``evaluate``, ``plot`` and ``download-weights``. This file lists them and dispatches, and imports nothing
 heavy: each command imports what it needs when it runs."""
 
+import argparse
 import importlib
 import os
 import sys
@@ -112,3 +113,12 @@ def usage() -> str:
     lines += [f"    {name:<18}{line}" for name, (_, _, line) in COMMANDS.items()]
     lines.append("\n`python -m mmf_lightning <command> --help` shows a command's options.")
     return "\n".join(lines)
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse for the package's own commands, with the error the CLI promises: one line, ``error: <what>; see
+    `<prog> --help```, exit status 2, no usage dump."""
+
+    def error(self, message: str):
+        print(f"error: {' '.join(message.split())}; see `{self.prog} --help`", file=sys.stderr)
+        raise SystemExit(2)

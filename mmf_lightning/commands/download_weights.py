@@ -2,15 +2,15 @@
 
 from pathlib import Path
 
+from mmf_lightning.commands import CommandParser
 from mmf_lightning.metrics.weights import WEIGHTS, WeightsMismatch, downloads_allowed, fetch, hub_path, verify
 
 
 def download_weights_main(argv: list[str]) -> list[Path]:
     """``python -m mmf_lightning download-weights [--dir DIR]``: stage every weights file the metrics
     use, for machines (cluster compute nodes) that have no internet."""
-    import argparse
 
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="python -m mmf_lightning download-weights",
         description="Download the metrics' pretrained weights (FID's Inception, LPIPS' AlexNet) for offline use.",
     )

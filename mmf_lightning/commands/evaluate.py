@@ -14,9 +14,7 @@ import json
 from argparse import ArgumentError
 from pathlib import Path
 
-from mmf_lightning.figures import save_metrics_figure
-from mmf_lightning.metrics.evaluation import EvaluationSettings, Phases, evaluate_model, truth_protocol
-from mmf_lightning.metrics.ranks import Ranks
+from mmf_lightning.commands import CommandParser
 from mmf_lightning.runs.configs import (
     check_data,
     data_overrides,
@@ -27,6 +25,7 @@ from mmf_lightning.runs.configs import (
     run_config,
     run_uses_lpips,
 )
+from mmf_lightning.runs.folders import checkpoints_in
 
 TABLE_2 = [
     ("FID ↓", "fid_1step"),
@@ -70,11 +69,13 @@ QUICK_FID_SAMPLES = 1000
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog="python -m mmf_lightning evaluate",
         description="The paper's metrics (Tables 2 and 3) for one or more checkpoints, as JSON and markdown.",
     )
-    p.add_argument("ckpt_path", nargs="*", help="checkpoints written by `fit` (e.g. the runs of a sweep)")
+    p.add_argument(
+        "ckpt_path", nargs="*", help="checkpoints written by `fit`, run folders (their last.ckpt) or folders of runs"
+    )
     p.add_argument(
         "--ckpt_path",
         dest="ckpt_path_option",
@@ -189,15 +190,23 @@ def evaluate_main(argv: list[str]) -> dict:
         parser.error(f"unrecognized arguments: {' '.join(rest)} (data options are written --data.init_args.KEY=VALUE)")
     if args.data and args.data.endswith((".yaml", ".yml")) and not Path(args.data).is_file():
         parser.error(f"--data {args.data} does not exist; pass a YAML file of a `data:` section, or a class path")
-    ckpts = [Path(c) for c in [*args.ckpt_path, *args.ckpt_path_option]]
-    if not ckpts:
+    given = [*args.ckpt_path, *args.ckpt_path_option]
+    if not given:
         parser.error("no checkpoint given; pass one or more, e.g. `evaluate runs/.../checkpoints/last.ckpt`")
-    for ckpt in ckpts:
-        if not ckpt.is_file():
-            parser.error(f"checkpoint {ckpt} does not exist")
+    ckpts = []
+    for path in given:  # a checkpoint, a run folder (its last.ckpt) or a folder of runs (each run's)
+        try:
+            ckpts += checkpoints_in(path)
+        except FileNotFoundError as err:
+            parser.error(str(err))
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    # imported once the arguments are checked: `--help` and argument errors answer without torch or Lightning
+    from mmf_lightning.figures import save_metrics_figure
+    from mmf_lightning.metrics.evaluation import EvaluationSettings, Phases, evaluate_model, truth_protocol
+    from mmf_lightning.metrics.ranks import Ranks
+
     try:
         settings = EvaluationSettings(
             args.num_samples, args.steps, args.batch_size, args.seed, args.distance_samples, args.timing_repeats

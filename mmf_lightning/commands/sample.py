@@ -1,18 +1,27 @@
 """``python -m mmf_lightning sample --ckpt_path CKPT ...``: samples of a checkpoint into an .npz and a picture."""
 
-import argparse
 from pathlib import Path
 
+from mmf_lightning.commands import CommandParser
 
-def sample_main(argv: list[str]) -> Path:
-    parser = argparse.ArgumentParser(
+
+def sample_main(argv: list[str]) -> list[Path]:
+    parser = CommandParser(
         prog="python -m mmf_lightning sample",
         description="Draw samples from a checkpoint (EMA weights when the run used EMA).",
     )
-    parser.add_argument("--ckpt_path", required=True, help="checkpoint written by `fit`")
+    parser.add_argument(
+        "--ckpt_path",
+        required=True,
+        help="a checkpoint written by `fit`, a run folder or a folder of runs (one .npz each)",
+    )
     parser.add_argument("--num_samples", type=int, default=64)
     parser.add_argument("--steps", type=int, default=1, help="number of jumps from t = 1 to t = 0")
-    parser.add_argument("--output", required=True, help="output .npz (a .png picture is written beside it)")
+    parser.add_argument(
+        "--output",
+        required=True,
+        help="output .npz (a .png picture beside it); for a folder of runs <name>_<run>.npz, one for each run",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--device", default="cpu")
@@ -24,17 +33,12 @@ def sample_main(argv: list[str]) -> Path:
         help="classifier-free guidance at sampling time (class-conditional nets trained with label dropout; 1: none)",
     )
     args = parser.parse_args(argv)
+    from mmf_lightning.runs.folders import checkpoints_in
 
-    import numpy as np
-    import torch
-    from tqdm import tqdm
-
-    from mmf_lightning.figures import save_samples_figure
-    from mmf_lightning.training.module import MeanFlowModule
-
-    ckpt = Path(args.ckpt_path)
-    if not ckpt.is_file():
-        parser.error(f"--ckpt_path {ckpt} does not exist")
+    try:  # a checkpoint, a run folder (its last.ckpt) or a folder of runs (each run's)
+        ckpts = checkpoints_in(args.ckpt_path)
+    except FileNotFoundError as err:
+        parser.error(f"--ckpt_path: {err}")
     if args.num_samples < 1 or args.steps < 1 or args.batch_size < 1:
         parser.error(
             f"--num_samples, --steps and --batch_size must be >= 1, got {args.num_samples}, "
@@ -43,6 +47,25 @@ def sample_main(argv: list[str]) -> Path:
     output = Path(args.output)
     if output.suffix != ".npz":
         parser.error(f"--output must end in .npz, got {output}")
+    if len(ckpts) == 1:
+        return [_sample_one(ckpts[0], output, args, parser)]
+    root = Path(args.ckpt_path)  # a folder of runs: one .npz per run, named after its folder
+    return [
+        _sample_one(
+            c, output.with_name(f"{output.stem}_{'-'.join(c.parents[1].relative_to(root).parts)}.npz"), args, parser
+        )
+        for c in ckpts
+    ]
+
+
+def _sample_one(ckpt: Path, output: Path, args, parser) -> Path:
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from mmf_lightning.figures import save_samples_figure
+    from mmf_lightning.training.module import MeanFlowModule
+
     module = MeanFlowModule.load_from_checkpoint(ckpt, map_location=args.device).eval()
     if args.guidance_scale != 1.0 and not getattr(module.net, "num_classes", None):
         parser.error(f"--guidance_scale {args.guidance_scale}: the network of {ckpt} is not class-conditional")

@@ -21,8 +21,6 @@ import os
 import warnings
 from pathlib import Path
 
-import torch
-
 from mmf_lightning.utils.files import atomic_write, file_lock
 
 WEIGHTS = {
@@ -65,6 +63,8 @@ class WeightsMismatch(ValueError):
 def hub_path(name: str) -> Path:
     """Where torch's hub cache keeps the file for ``name``."""
     url, _ = WEIGHTS[name]
+    import torch  # (here: `download-weights --help` answers without it)
+
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
 
 
@@ -209,6 +209,8 @@ def fetch(name: str, directory: str | os.PathLike) -> Path:
             return verify(name, target)
         with atomic_write(target) as tmp:
             try:
+                import torch
+
                 torch.hub.download_url_to_file(url, str(tmp), progress=True)
             except Exception as err:  # URLError, HTTPError, timeouts
                 raise OSError(f"could not download {url}: {err}") from err

@@ -7,9 +7,6 @@ from pathlib import Path
 
 import yaml
 
-from mmf_lightning.runs.run_config import RUN_CONFIG_KEY
-from mmf_lightning.training.checkpoints import read_checkpoint
-
 DATA_OVERRIDE = "--data."
 
 
@@ -17,6 +14,9 @@ def run_config(ckpt: Path, explicit: str | None) -> tuple[dict, str]:
     """(the run config of ``ckpt``, where it came from): ``explicit`` (``--config``) when given,
     else the config the checkpoint carries (``callbacks.RunConfig``), else, for checkpoints
     written before they carried one, the ``config.yaml`` beside the run's ``checkpoints/``."""
+    from mmf_lightning.runs.run_config import RUN_CONFIG_KEY
+    from mmf_lightning.training.checkpoints import read_checkpoint
+
     if explicit:
         return config_file(Path(explicit)), str(explicit)
     stored = read_checkpoint(ckpt).get(RUN_CONFIG_KEY)
@@ -32,18 +32,28 @@ def run_config(ckpt: Path, explicit: str | None) -> tuple[dict, str]:
 
 
 def config_file(path: Path) -> dict:
-    """A config YAML file as a dict. Sections given as relative paths (``data:
-    ../presets/data_digits.yaml`` in configs/) are resolved against the file's folder."""
+    """A config YAML file as a dict, its includes read in as ``fit`` reads them: a value that names a YAML file
+    (``fid: ../presets/fid_digits.yaml`` in configs/) is that file's contents, resolved against the folder of the file
+    that names it, at any depth."""
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--config {path} does not exist; pass a run's config.yaml or a file of configs/")
-    config = yaml.safe_load(path.read_text()) or {}
+    check_includes(path)
+    config = _with_includes(yaml.safe_load(path.read_text()) or {}, path.parent)
     if not isinstance(config, dict):
         raise ValueError(f"{path} is not a config (a YAML mapping with a `data:` section)")
-    for key in ("data", "fid"):
-        value = config.get(key)
-        if isinstance(value, str) and (path.parent / value).is_file():
-            config[key] = str((path.parent / value).resolve())
     return config
+
+
+def _with_includes(node, folder: Path):
+    if isinstance(node, dict):
+        return {k: _with_includes(v, folder) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_with_includes(v, folder) for v in node]
+    if isinstance(node, str) and node.endswith((".yaml", ".yml")) and (folder / node).is_file():
+        included = folder / node
+        return _with_includes(yaml.safe_load(included.read_text()), included.parent)
+    return node
 
 
 def data_section(base: str | dict, overrides: list[str]) -> dict:

@@ -246,11 +246,12 @@ def by_task(runs: list[Run]) -> dict[str, list[Run]]:
     return tasks
 
 
+# what draws each figure of ``python -m mmf_lightning plot`` (whose ``commands.plot.FIGURES`` says what each shows)
 FIGURES = {
-    "loss-curves": (loss_curves, "Fig. 1: training loss and lambda across runs"),
-    "velocity-fields": (velocity_fields, "Fig. 2: the learned average velocity field of each run (2-D data)"),
-    "fid": (fid_comparison, "Fig. 3: FID (or SW for 2-D data) across data fractions and evaluation sets"),
-    "diversity": (diversity_and_stability, "Fig. 4: LPIPS across seeds, and the loss variance over training"),
-    "paths": (paths, "Fig. 5: sampling paths of each run, and D_path over training"),
-    "trajectories": (trajectory_reconstructions, "Fig. 6: ODE/control reconstructions against the ground truth"),
+    "loss-curves": loss_curves,
+    "velocity-fields": velocity_fields,
+    "fid": fid_comparison,
+    "diversity": diversity_and_stability,
+    "paths": paths,
+    "trajectories": trajectory_reconstructions,
 }

@@ -233,3 +233,29 @@ def find_evaluations(runs: list[Run], folders) -> dict[Path, dict[str, dict[str,
                 name = Path(source.split()[1]).stem if source.startswith("--data ") else "own data"
                 found.setdefault(run, {})[name] = record["metrics"]
     return found
+
+
+def checkpoints_in(path: str | Path) -> list[Path]:
+    """What a user may pass where a checkpoint goes: a checkpoint file (itself), a run folder (its
+    ``checkpoints/last.ckpt``, else its newest checkpoint) or a folder of runs (each run's, in path order). A
+    FileNotFoundError says which of them ``path`` is not."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.exists():
+        raise FileNotFoundError(
+            f"checkpoint {path} does not exist; pass a checkpoint, a run folder or a folder of runs"
+        )
+    folders = [path] if (path / "checkpoints").is_dir() else sorted(c.parent for c in path.rglob("checkpoints"))
+    found = []
+    for folder in folders:
+        ckpts = sorted((folder / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+        last = folder / "checkpoints" / "last.ckpt"
+        if last.is_file() or ckpts:
+            found.append(last if last.is_file() else ckpts[-1])
+    if not found:
+        raise FileNotFoundError(
+            f"{path} is a folder with no checkpoint of a run under it (no checkpoints/*.ckpt); pass a checkpoint, "
+            "a run folder or a folder of runs"
+        )
+    return found

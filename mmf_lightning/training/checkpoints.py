@@ -26,6 +26,9 @@ def is_unreadable(err: BaseException) -> bool:
 
 def checkpoint_error(path: str | os.PathLike, err: BaseException) -> CheckpointError:
     """The error for a file ``torch.load(..., weights_only=True)`` refused with ``err``."""
+    if not zipfile.is_zipfile(path) and _looks_like_text(path):
+        kind = "a YAML file: a config goes to --config" if str(path).endswith((".yaml", ".yml")) else "a text file"
+        return CheckpointError(f"{path} is not a checkpoint but {kind}; pass a .ckpt written by `fit`")
     if isinstance(err, pickle.UnpicklingError) and "weights_only" in str(err):
         why = "its pickle holds objects other than tensors and plain data (loading it could run code)"
     else:
@@ -36,8 +39,19 @@ def checkpoint_error(path: str | os.PathLike, err: BaseException) -> CheckpointE
     )
 
 
+def _looks_like_text(path) -> bool:
+    head = Path(path).read_bytes()[:512]
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return b"\x00" not in head
+
+
 def check_exists(path: str | os.PathLike) -> None:
     """``CheckpointError`` naming ``path`` when there is no file there."""
+    if Path(path).is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint; pass a .ckpt written by `fit`")
     if not Path(path).is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass a .ckpt written by `fit`")
 
