@@ -3,8 +3,8 @@ builds it (wandb's own argument formatting) and parses with the CLI; one command
 runs a few steps on small data, logged to an offline W&B run. Creating a sweep needs the W&B
 server, so `wandb sweep` itself is not run here."""
 
-import itertools
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -14,32 +14,10 @@ from helpers import SMALL_UNET, STAND_INS, ParseOnly
 
 from mmf_lightning.commands import main
 from mmf_lightning.commands.fit import MMFLightningCLI
+from mmf_lightning.commands.sweep import agent_command, grid
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((ROOT / "configs" / "sweeps").glob("*.yaml"))
-
-
-def grid(sweep: dict) -> list[dict]:
-    """Every parameter combination of a grid sweep: [{name: value}]."""
-    names, choices = [], []
-    for name, spec in sweep["parameters"].items():
-        names.append(name)
-        choices.append(spec["values"] if "values" in spec else [spec["value"]])
-    return [dict(zip(names, combination)) for combination in itertools.product(*choices)]
-
-
-def agent_command(sweep: dict, params: dict) -> list[str]:
-    """The argv W&B's agent runs for ``params`` (wandb_agent.Agent._command_run, with wandb's own
-    ``create_sweep_command_args``), less ``${env}``; the interpreter is this one."""
-    from wandb.sdk.launch.sweeps import utils as sweep_utils
-
-    variables = sweep_utils.create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})
-    variables.update(interpreter=[sys.executable], program=[sweep["program"]], env=[])
-    argv = []
-    for chunk in sweep_utils.create_sweep_command(list(sweep["command"])):
-        chunk = str(chunk)
-        argv += variables.get(chunk[2:-1]) or [] if chunk.startswith("${") and chunk.endswith("}") else [chunk]
-    return argv
 
 
 def _load(path: Path) -> dict:
@@ -138,3 +116,40 @@ def test_one_command_of_each_sweep_runs_on_small_data(path, tmp_path, monkeypatc
         expected, schedule = json.loads(params["lambda_schedule.schedule"]), logged["lambda_schedule"]["schedule"]
         assert schedule["class_path"] == expected["class_path"]
         assert {k: schedule["init_args"][k] for k in expected["init_args"]} == expected["init_args"]
+
+
+def test_a_sweep_runs_here_without_a_server_and_its_runs_carry_one_label_everywhere(tmp_path):
+    """`sweep` lists the grid (--dry-run), refuses a run it does not have, and runs the ones asked for (--only, extra
+    arguments after --) one after another, as W&B's agent would, offline; each run's W&B name is what it changes,
+    and `plot` and `evaluate` label the same runs with the same words."""
+    import subprocess
+
+    from mmf_lightning.runs import find_runs
+    from mmf_lightning.runs.wandb_files import read_run
+
+    def sweep(*args):
+        command = [sys.executable, "-m", "mmf_lightning", "sweep", "configs/sweeps/toy2d_lambda.yaml", *args]
+        env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+
+    listed = sweep("--dry-run")
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    lines = listed.stdout.strip().splitlines()
+    assert len(lines) == 8 and lines[0].startswith("[0] λ=0 · conditional tangent: python -m mmf_lightning fit ")
+    assert lines[7].startswith("[7] curriculum (linear, 500 steps) · instantaneous tangent: ")
+    wrong = sweep("--only", "8")
+    assert wrong.returncode == 2 and wrong.stderr.startswith("error: --only [8]: configs/sweeps/toy2d_lambda.yaml has")
+    root = tmp_path / "sweep"
+    done = sweep("--only", "0,7", "--", f"--trainer.default_root_dir={root}", "--trainer.max_steps=4",
+                 "--trainer.val_check_interval=4", "--trainer.enable_progress_bar=false")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 of 2 runs finished" in done.stdout
+    labels = ["λ=0 · conditional tangent", "curriculum (linear, 500 steps) · instantaneous tangent"]
+    runs = find_runs(root)
+    assert sorted(r.label for r in runs) == sorted(labels)  # what plot and the notebooks call them
+    named = sorted(read_run(r.folder / "wandb", wait=60).name for r in runs)
+    assert named == sorted(labels)  # the W&B run names
+    out = tmp_path / "eval"
+    main(["evaluate", str(root), "--output", str(out), "--quick", "--num_samples=16", "--distance_samples=32",
+          "--timing_repeats=1"])  # fmt: skip
+    assert sorted(json.loads((out / "evaluation.json").read_text())["runs"]) == sorted(labels)

@@ -27,6 +27,11 @@ COMMANDS = {
         "plot_main",
         "The paper's figures (Figs. 1-6) for a folder of runs, as PNG files.",
     ),
+    "sweep": (
+        "mmf_lightning.commands.sweep",
+        "sweep_main",
+        "Run a W&B grid sweep here, one run after another, without a W&B server.",
+    ),
     "download-weights": (
         "mmf_lightning.commands.download_weights",
         "download_weights_main",

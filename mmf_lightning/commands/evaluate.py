@@ -139,6 +139,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def row_names(evaluated: list[tuple[Path, dict]]) -> list[str]:
+    """One row name per checkpoint: for several runs, what each run's config changes against the others' (the labels
+    ``plot``, the notebooks and ``sweep`` give the same runs, ``runs.name_facets``), with ``@<checkpoint>`` for a
+    checkpoint other than last.ckpt; for the checkpoints of one run, ``row_name``."""
+    folders = {ckpt.parents[1] for ckpt, _ in evaluated}
+    if len(folders) < 2 or any(ckpt.parent.name != "checkpoints" for ckpt, _ in evaluated):
+        return [row_name(ckpt, config) for ckpt, config in evaluated]
+    from mmf_lightning.runs.folders import Run, name_facets
+
+    runs = [Run(ckpt.parents[1], config) for ckpt, config in evaluated]
+    name_facets(runs)
+    names = [run.label + ("" if ckpt.stem == "last" else f"@{ckpt.stem}") for run, (ckpt, _) in zip(runs, evaluated)]
+    return names if len(set(names)) == len(names) else [row_name(ckpt, config) for ckpt, config in evaluated]
+
+
 def row_name(ckpt: Path, config: dict) -> str:
     """``<run name>/version_<n>`` (the logger's name, e.g. ``digits/lambda1``) for a run's
     last.ckpt, with ``@<checkpoint>`` for its other checkpoints."""
@@ -256,8 +271,8 @@ def evaluate_main(argv: list[str]) -> dict:
         data[ckpt] = {"from": data_from, "data": section, "description": describe_data(section)}
         with_lpips = run_uses_lpips(config) if args.lpips is None else args.lpips
         runs.append((ckpt, config_path, datamodule, fid, with_lpips and hasattr(datamodule, "reference_set")))
-        default_names.append(row_name(ckpt, config))
-    names = args.names or default_names
+        default_names.append((ckpt, config))
+    names = args.names or row_names(default_names)
     if len(names) != len(ckpts):
         parser.error(f"--names gives {len(names)} names for {len(ckpts)} checkpoints")
     if len(set(names)) != len(names):

@@ -61,6 +61,7 @@ class OfflineRun:
     files: list[str] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
     finished: bool = False  # the run's exit record is in the file: nothing more will be written
+    name: str = ""  # the run's display name
 
 
 def read_run(run_folder: str | Path, wait: float = 0.0) -> OfflineRun:
@@ -92,6 +93,7 @@ def _read(path: Path) -> OfflineRun:
             run.finished = True
             continue
         if kind == "run":
+            run.name = record.run.display_name or run.name
             items = record.run.config.update
         elif kind == "config":
             items = record.config.update
