@@ -765,7 +765,10 @@ def test_sample_takes_a_run_folder_or_a_folder_of_runs_and_tells_a_config_from_a
     assert sorted(p.name for p in tmp_path.glob("all_*.npz")) == ["all_a.npz", "all_b.npz"]
     (tmp_path / "empty").mkdir()
     for given, message in [
-        (ROOT / "configs/quickstart.yaml", "is not a checkpoint but a YAML file: a config goes to --config"),
+        (
+            ROOT / "configs/quickstart.yaml",
+            "cannot be read as a checkpoint: it is a YAML file (a config goes to --config)",
+        ),
         (tmp_path / "empty", "is a folder with no checkpoint of a run under it"),
         (tmp_path / "nope.ckpt", "nope.ckpt does not exist"),
     ]:

@@ -3,13 +3,14 @@ top-level groups (``lambda_schedule``, ``fid``), run folders named after their c
 
 import os
 import sys
+from argparse import ArgumentError
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
 from mmf_lightning.callbacks import FID, LambdaScheduler, SampleFigures
-from mmf_lightning.commands import COMMANDS
+from mmf_lightning.commands import COMMANDS, TRACEBACK_ENV, one_line_error
 from mmf_lightning.runs.run_config import RunConfig
 from mmf_lightning.training.module import MeanFlowModule
 
@@ -84,7 +85,18 @@ class MMFLightningCLI(LightningCLI):
         self._command_line = [a for a in (sys.argv[1:] if args is None else args) if isinstance(a, str)]
         for config in config_files(self._command_line):
             check_includes(config)
-        super().parse_arguments(parser, args)
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:  # jsonargparse's, raised (exit_on_error=False): one line instead of the usage
+            if os.environ.get(TRACEBACK_ENV, "0") == "1":
+                raise
+            command = (
+                self._command_line[0]
+                if self._command_line[:1] and self._command_line[0] in self.subcommands()
+                else None
+            )
+            print(f"error: {one_line_error(err, command)}", file=sys.stderr)
+            raise SystemExit(2) from None
         subcommand = self.config.get("subcommand")
         cfg = self.config[subcommand] if subcommand else self.config
         self.place_run(cfg)

@@ -6,7 +6,7 @@ from torch import nn
 from mmf_lightning.nets.embeddings import TimePairEmbedding, class_embedding
 from mmf_lightning.nets.jvp_layers import draws_dropout, linear_jvp, silu_jvp
 from mmf_lightning.nets.shapes import check_input
-from mmf_lightning.utils.config import RecordsInit
+from mmf_lightning.utils.config import RecordsInit, check_count
 
 
 class MLP(RecordsInit, nn.Module):
@@ -33,8 +33,12 @@ class MLP(RecordsInit, nn.Module):
         guidance_input: bool = False,
     ):
         super().__init__()
-        if depth < 1:
-            raise ValueError(f"MLP depth must be >= 1, got {depth}")
+        dim, width, depth = (
+            check_count(f"MLP {k}", v, 1) for k, v in (("dim", dim), ("width", width), ("depth", depth))
+        )
+        time_dim = check_count("MLP time_dim", time_dim, 2)
+        if not (isinstance(dropout, int | float) and 0.0 <= dropout < 1.0):
+            raise ValueError(f"MLP dropout must be in [0, 1), got {dropout!r}")
         self.data_shape = (dim,)
         self.num_classes = num_classes
         self.time_embed = TimePairEmbedding(time_dim, time_dim, time_scale)

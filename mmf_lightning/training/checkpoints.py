@@ -27,8 +27,10 @@ def is_unreadable(err: BaseException) -> bool:
 def checkpoint_error(path: str | os.PathLike, err: BaseException) -> CheckpointError:
     """The error for a file ``torch.load(..., weights_only=True)`` refused with ``err``."""
     if not zipfile.is_zipfile(path) and _looks_like_text(path):
-        kind = "a YAML file: a config goes to --config" if str(path).endswith((".yaml", ".yml")) else "a text file"
-        return CheckpointError(f"{path} is not a checkpoint but {kind}; pass a .ckpt written by `fit`")
+        kind = "a YAML file (a config goes to --config)" if str(path).endswith((".yaml", ".yml")) else "a text file"
+        return CheckpointError(
+            f"{path} cannot be read as a checkpoint: it is {kind}, not a torch file; pass a .ckpt written by `fit`"
+        )
     if isinstance(err, pickle.UnpicklingError) and "weights_only" in str(err):
         why = "its pickle holds objects other than tensors and plain data (loading it could run code)"
     else:
