@@ -49,7 +49,7 @@ def scatter(ax, x: torch.Tensor, reference: torch.Tensor | None = None, label: s
     x = x.detach().float().cpu().reshape(x.shape[0], -1)
     ax.scatter(x[:, 0].numpy(), x[:, 1].numpy(), s=2, alpha=0.6, c="tab:blue", label=label)
     ax.set_aspect("equal")
-    ax.legend(loc="upper right", markerscale=4, fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), markerscale=4, fontsize=8, frameon=False)
 
 
 def draw_trajectories(ax, truth: torch.Tensor | None, predicted: dict[str, torch.Tensor]) -> None:
@@ -67,7 +67,7 @@ def draw_trajectories(ax, truth: torch.Tensor | None, predicted: dict[str, torch
         ax.plot([], [], "-", color=color, label=name)
         ax.scatter(p[-1, :, 0].numpy(), p[-1, :, 1].numpy(), color=color, s=10, marker="x", zorder=4)
     ax.set_aspect("equal")
-    ax.legend(loc="best", fontsize=7)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
 
 
 def save_samples_figure(
@@ -134,5 +134,24 @@ def grouped_bars(ax, groups: list[str], series: dict[str, list[float | None]]) -
     for i, (color, (name, values)) in enumerate(zip(colors(len(series)), series.items())):
         xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
         ax.bar(xs, [v if v is not None else math.nan for v in values], width, color=color, label=name)
-    ax.set_xticks(range(len(groups)), groups, fontsize=8, rotation=15)
-    ax.legend(fontsize=7)
+    ax.set_xticks(range(len(groups)), [wrap(g) for g in groups], fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
+
+
+def wrap(label: str, width: int = 18) -> str:
+    """A tick label on lines of ``width`` characters at most (at spaces), so neighbours do not collide."""
+    import textwrap
+
+    return textwrap.fill(label, width, break_long_words=False)
+
+
+def legend_below(fig: Figure, axes) -> None:
+    """One legend for the figure, below its panels (outside the data), from the labelled artists of ``axes``."""
+    handles, labels = [], []
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    if labels:
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(labels)), fontsize=8, frameon=False)

@@ -775,3 +775,34 @@ def test_sample_takes_a_run_folder_or_a_folder_of_runs_and_tells_a_config_from_a
         proc = sample(given, tmp_path / "x.npz")
         assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
         assert proc.stderr.startswith("error: ") and message in proc.stderr, proc.stderr
+
+
+def test_the_sample_picture_of_2d_data_shows_the_data_behind(tmp_path, monkeypatch):
+    from mmf_lightning import figures
+
+    cli = _fit(ROOT / "configs/quickstart.yaml", tmp_path, steps=2)
+    drawn = {}
+    real = figures.save_samples_figure
+    monkeypatch.setattr(figures, "save_samples_figure", lambda *a, **k: drawn.update(k) or real(*a, **k))
+    main(["sample", "--ckpt_path", cli.trainer.checkpoint_callback.last_model_path, "--output",
+          str(tmp_path / "s.npz"), "--num_samples", "300"])  # fmt: skip
+    reference = drawn["reference"]
+    assert reference.shape == (300, 2) and reference.abs().max() <= 2.0 + 1e-6  # the checkerboard's points
+
+
+def test_progress_bars_print_every_few_percent_into_a_log(capsys):
+    """Into a file (no terminal) a bar writes about 25 updates, not one per step; Lightning's tqdm bar refreshes
+    every 4% of the run."""
+    import lightning as L
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    from mmf_lightning.commands.fit import quiet_progress_bar
+    from mmf_lightning.utils.console import progress
+
+    for _ in progress(range(1000), desc="steps"):
+        pass
+    updates = [u for u in capsys.readouterr().err.replace("\r", "\n").splitlines() if "steps" in u]
+    assert 20 <= len(updates) <= 30, len(updates)
+    trainer = L.Trainer(max_steps=1000, callbacks=[TQDMProgressBar()], logger=False, enable_checkpointing=False)
+    quiet_progress_bar(trainer)
+    assert trainer.progress_bar_callback.refresh_rate == 40

@@ -180,3 +180,38 @@ def test_sample_figures_trajectory_panel_is_the_models_paths_from_true_starts(pa
     assert SampleFigures()._trajectories(SimpleNamespace(datamodule=toy.datamodule()), toy.load_module()) is None
     with pytest.raises(ValueError, match=r"num_samples >= 1.*got 0"):
         SampleFigures(num_samples=0)
+
+
+def test_figures_read_at_a_glance(paper_runs):
+    """Legends sit outside the data (one below the panels), velocity-field panels share one colour scale and one
+    colour bar, 2-D paths are drawn over the data, a series of one or two points has markers, and long tick labels
+    are wrapped instead of rotated into each other."""
+    runs = find_runs(paper_runs["toy2d"])
+    fig = figures.loss_curves(runs)
+    assert len(fig.legends) == 1 and all(ax.get_legend() is None for ax in fig.axes[:3])
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [r.label for r in runs]
+    fields = figures.velocity_fields(runs, grid=5, extent=2.0)
+    quivers = [c for ax in fields.axes for c in ax.collections if isinstance(c, Quiver)]
+    assert len(quivers) == len(runs) and len({q.get_clim() for q in quivers}) == 1
+    assert quivers[0].get_clim()[1] == pytest.approx(max(float(q.get_array().max()) for q in quivers))
+    assert len(fields.axes) == len(runs) + 1  # the panels and one colour bar
+    paths = figures.paths(runs, steps=4, num=5, seed=1)
+    for ax in paths.axes[: len(runs)]:
+        data = [c for c in ax.collections if c.get_offsets().shape[0] == 2000]
+        assert data and data[0].get_zorder() < min(line.get_zorder() for line in ax.get_lines())  # data behind
+    d_path = paths.axes[len(runs)]
+    assert all(line.get_marker() == "o" for line in d_path.get_lines())  # two validations: two points each
+    boxes = figures.diversity_and_stability(runs, num_pairs=20, seed=0)
+    labels = [t.get_text() for t in boxes.axes[0].get_xticklabels()]
+    assert max(len(line) for label in labels for line in label.splitlines()) <= 18
+    assert all(t.get_rotation() == 0 for t in boxes.axes[0].get_xticklabels())
+
+
+def test_plot_draws_what_it_can_and_names_what_it_skips(paper_runs, tmp_path, capsys, monkeypatch):
+    """Digits runs without LPIPS' weights (their configs set lpips: false): the diversity figure is skipped with the
+    reason, and the figures after it are still drawn."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no_weights"))
+    main(["plot", str(paper_runs["digits"]), "--output", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert "skipped diversity: LPIPS' AlexNet backbone weights" in out
+    assert (tmp_path / "out" / "paths.png").is_file() and (tmp_path / "out" / "fid.png").is_file()

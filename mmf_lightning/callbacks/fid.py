@@ -2,7 +2,6 @@
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from mmf_lightning.callbacks.validation_metric import ValidationMetric, lightning_ranks
 from mmf_lightning.metrics.features import freeze, inception_v3, to_uint8
@@ -17,6 +16,7 @@ from mmf_lightning.metrics.fid import (
     set_real_statistics,
 )
 from mmf_lightning.metrics.ranks import SINGLE, Ranks
+from mmf_lightning.utils.console import progress as progress_bar
 
 
 class FID(ValidationMetric):
@@ -137,7 +137,9 @@ class FID(ValidationMetric):
         out = {}
         for k, fid in self.metrics.items():
             blocks = ranks.seeded_blocks(self.num_samples, self.batch_size, self.seed, module.device)
-            for n, g in tqdm(blocks, desc=f"FID ({k} step)", disable=not (progress and ranks.is_zero), leave=False):
+            for n, g in progress_bar(
+                blocks, desc=f"FID ({k} step)", disable=not (progress and ranks.is_zero), leave=False
+            ):
                 samples = module.sample(n, k, generator=g)
                 fid.update(to_uint8(self.decode(samples) if self.decode else samples), real=False)
             out[k] = float(fid.compute())  # all-reduces the feature sums: every rank gets the same value

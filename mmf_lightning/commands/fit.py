@@ -67,6 +67,7 @@ class MMFLightningCLI(LightningCLI):
         if not any(isinstance(cb, SaveOnPreemption) for cb in trainer.callbacks):
             # SIGTERM and Ctrl-C save last.ckpt and exit cleanly; every resumable stop prints this command
             trainer.callbacks.append(SaveOnPreemption(self.resume_command()))
+        quiet_progress_bar(trainer)
         if type(trainer.strategy.checkpoint_io).__name__ == "TorchCheckpointIO":  # (a user's own plugin stays)
             from mmf_lightning.training.checkpoints import AtomicCheckpointIO
 
@@ -223,3 +224,16 @@ def config_files(command_line: list[str]) -> list[str]:
         elif arg.startswith("--config="):
             files.append(arg.split("=", 1)[1])
     return files
+
+
+def quiet_progress_bar(trainer) -> None:
+    """When stdout is not a terminal (a log file, a batch job), Lightning's tqdm bar redraws every step into the log:
+    there it refreshes every 4% of the run instead. (Its Rich bar, the default where rich is installed, already
+    writes only its last state there.)"""
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    bar = trainer.progress_bar_callback
+    if sys.stdout.isatty() or type(bar) is not TQDMProgressBar or bar.refresh_rate != 1:  # a user's own bar stays
+        return
+    steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else 1000
+    trainer.callbacks[trainer.callbacks.index(bar)] = TQDMProgressBar(refresh_rate=max(1, steps // 25))

@@ -29,6 +29,7 @@ def plot_main(argv: list[str]) -> list[Path]:
         "--evaluations", action="append", default=[], help="folders with evaluation.json of `evaluate` (fid figure)"
     )
     args = parser.parse_args(argv)
+    from mmf_lightning.metrics.weights import WeightsMissing
     from mmf_lightning.runs import find_runs
     from mmf_lightning.runs.figures import FIGURES as DRAWN_BY
     from mmf_lightning.runs.figures import NotApplicable
@@ -44,15 +45,16 @@ def plot_main(argv: list[str]) -> list[Path]:
         f"{len(runs)} runs under {args.runs}:",
         ", ".join(f"{r.folder.relative_to(args.runs)} ({r.label})" for r in runs),
     )
-    written = []
+    written, skipped = [], []
     for name in names:
         function = DRAWN_BY[name]
         try:
             fig = function(runs, [args.runs, *args.evaluations]) if name == "fid" else function(runs)
-        except NotApplicable as err:
+        except (NotApplicable, WeightsMissing) as err:  # this figure cannot be drawn here: the others still are
             if len(names) == 1:
                 raise
-            print(f"skipped {name}: {err}")
+            print(f"skipped {name}: {' '.join(str(err).split())}")
+            skipped.append(name)
             continue
         path = out / f"{name}.png"
         fig.savefig(path, dpi=110)

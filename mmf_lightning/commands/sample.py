@@ -61,10 +61,10 @@ def sample_main(argv: list[str]) -> list[Path]:
 def _sample_one(ckpt: Path, output: Path, args, parser) -> Path:
     import numpy as np
     import torch
-    from tqdm import tqdm
 
     from mmf_lightning.figures import save_samples_figure
     from mmf_lightning.training.module import MeanFlowModule
+    from mmf_lightning.utils.console import progress
 
     module = MeanFlowModule.load_from_checkpoint(ckpt, map_location=args.device).eval()
     if args.guidance_scale != 1.0 and not getattr(module.net, "num_classes", None):
@@ -74,7 +74,7 @@ def _sample_one(ckpt: Path, output: Path, args, parser) -> Path:
     sizes = [min(args.batch_size, args.num_samples - i) for i in range(0, args.num_samples, args.batch_size)]
     chunks = [
         module.sample(n, args.steps, y=args.label, generator=generator).cpu()
-        for n in tqdm(sizes, desc=f"sampling ({args.steps} step{'s' if args.steps > 1 else ''})", unit="batch")
+        for n in progress(sizes, desc=f"sampling ({args.steps} step{'s' if args.steps > 1 else ''})", unit="batch")
     ]
     samples = torch.cat(chunks)
     decode = _latent_decoder(ckpt)
@@ -82,7 +82,8 @@ def _sample_one(ckpt: Path, output: Path, args, parser) -> Path:
         samples = torch.cat([decode(chunk) for chunk in samples.split(args.batch_size)])
     output.parent.mkdir(parents=True, exist_ok=True)
     np.savez(output, samples=samples.numpy())
-    save_samples_figure({f"{args.steps}-step samples": samples}, output.with_suffix(".png"))
+    reference = _reference_data(ckpt, len(samples)) if samples.dim() == 2 else None  # the data behind 2-D samples
+    save_samples_figure({f"{args.steps}-step samples": samples}, output.with_suffix(".png"), reference=reference)
     print(f"wrote {output} ({tuple(samples.shape)}) and {output.with_suffix('.png')}")
     return output
 
@@ -102,3 +103,17 @@ def _latent_decoder(ckpt: Path):
 
     datamodule, _ = instantiate_run(config, with_fid=False, fid_num_samples=None)
     return datamodule.decode
+
+
+def _reference_data(ckpt: Path, n: int):
+    """``n`` points of the run's data (its datamodule's ``reference_samples``, built from the config the checkpoint
+    carries), or None when the run has no such data or no config."""
+    from mmf_lightning.runs.configs import instantiate_run
+    from mmf_lightning.runs.run_config import RUN_CONFIG_KEY
+    from mmf_lightning.training.checkpoints import read_checkpoint
+
+    config = read_checkpoint(ckpt).get(RUN_CONFIG_KEY)
+    if not isinstance(config, dict) or "data" not in config:
+        return None
+    sampler = getattr(instantiate_run(config, with_fid=False, fid_num_samples=None)[0], "reference_samples", None)
+    return sampler(n).float() if callable(sampler) else None

@@ -270,7 +270,7 @@ class ImageNet64DataModule(ImageDataModule):
     def _write_npy_cache(self, split: str) -> None:
         """Copies the batches one at a time into a memory-mapped ``.npy`` (peak memory: one batch,
         not the 16 GB split), each file under a temporary name of its own, then renamed."""
-        from tqdm.auto import tqdm
+        from mmf_lightning.utils.console import progress
 
         images_npy, labels_npy = self._cache_files(split)
         files = self._npz_files(split)
@@ -279,7 +279,7 @@ class ImageNet64DataModule(ImageDataModule):
         with atomic_write(images_npy) as tmp:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(total, 3, 64, 64))
             start = 0
-            for f, lab in tqdm(list(zip(files, labels)), desc=f"ImageNet-64 {split} cache", unit="batch"):
+            for f, lab in progress(list(zip(files, labels)), desc=f"ImageNet-64 {split} cache", unit="batch"):
                 data = self._read_batch(f, "data")
                 if data.ndim != 2 or data.shape[1] != 3 * 64 * 64 or len(lab) != len(data):
                     raise ValueError(f"{f}: expected data (N, 12288) and N labels, got {data.shape} and {len(lab)}")
@@ -331,7 +331,8 @@ def image_folder(root: Path, verify: bool = True, require_one_size: bool = False
     ``require_one_size`` all images share one size."""
     from PIL import Image
     from torchvision.datasets import ImageFolder
-    from tqdm import tqdm
+
+    from mmf_lightning.utils.console import progress
 
     root = Path(root)
     if not root.is_dir():
@@ -344,7 +345,7 @@ def image_folder(root: Path, verify: bool = True, require_one_size: bool = False
         ) from err
     if verify or require_one_size:
         first = None
-        for path, _ in tqdm(dataset.samples, desc=f"checking {root}", unit="image", leave=False):
+        for path, _ in progress(dataset.samples, desc=f"checking {root}", unit="image", leave=False):
             try:
                 with Image.open(path) as im:
                     size = im.size

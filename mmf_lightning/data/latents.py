@@ -16,11 +16,11 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from mmf_lightning.data.base import DataModuleBase, DictDataset
 from mmf_lightning.data.images import ImageDataModule
 from mmf_lightning.utils.config import check_count
+from mmf_lightning.utils.console import progress
 from mmf_lightning.utils.files import atomic_write, file_lock
 from mmf_lightning.utils.fingerprint import dataset_fingerprint
 
@@ -104,7 +104,7 @@ class LatentDataModule(DataModuleBase):
             device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
             encoder = self.autoencoder.to(device)
             with torch.no_grad():
-                for batch in tqdm(loader, desc=f"encoding the {split} images", unit="batch", leave=False):
+                for batch in progress(loader, desc=f"encoding the {split} images", unit="batch", leave=False):
                     zs.append(encoder.encode(batch["x"].to(device)).float().cpu())
                     ys.append(batch["y"])
             out = {"z": torch.cat(zs), "y": torch.cat(ys)}

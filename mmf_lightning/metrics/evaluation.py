@@ -14,10 +14,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from mmf_lightning.metrics.distances import energy_distance, sliced_wasserstein
 from mmf_lightning.metrics.ranks import SINGLE, Ranks, Sums, float64
+from mmf_lightning.utils.console import progress as progress_bar
 
 
 @dataclass
@@ -223,7 +223,7 @@ def evaluate_model(
 def _path_sums(module, datamodule, settings, ranks, lpips, progress, truth_kind, sums: Sums) -> None:
     """The per-sample path metrics (and truth errors, LPIPS) of this rank's blocks, into ``sums``."""
     blocks = ranks.seeded_blocks(settings.num_samples, settings.batch_size, settings.seed, module.device)
-    for n, g in tqdm(blocks, desc="path metrics", disable=not (progress and ranks.is_zero), leave=False):
+    for n, g in progress_bar(blocks, desc="path metrics", disable=not (progress and ranks.is_zero), leave=False):
         e, y = module.draw_starts(n, None, g)
         for name, values in path_metrics(module, e, y, settings.steps, lpips).items():
             sums.add(name, values)

@@ -20,10 +20,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics.image.fid import FrechetInceptionDistance
-from tqdm import tqdm
 
 from mmf_lightning.metrics.features import extractor_id, freeze, to_uint8
 from mmf_lightning.metrics.ranks import float64
+from mmf_lightning.utils.console import progress
 from mmf_lightning.utils.files import atomic_write
 from mmf_lightning.utils.fingerprint import dataset_fingerprint
 
@@ -44,7 +44,7 @@ def feature_statistics(
     indices = list(range(rank, len(dataset), world_size))
     loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size)
     total, outer, n = None, None, 0
-    for batch in tqdm(loader, desc="FID reference features", disable=rank != 0, leave=False):
+    for batch in progress(loader, desc="FID reference features", disable=rank != 0, leave=False):
         f = float64(extractor(to_uint8(batch["x"]).to(device)))
         total = f.sum(0) if total is None else total + f.sum(0)
         outer = f.T @ f if outer is None else outer + f.T @ f

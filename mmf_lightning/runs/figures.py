@@ -9,7 +9,16 @@ import math
 import torch
 from matplotlib.figure import Figure
 
-from mmf_lightning.figures import colors, draw_trajectories, grouped_bars, panels, show_images, smooth
+from mmf_lightning.figures import (
+    colors,
+    draw_trajectories,
+    grouped_bars,
+    legend_below,
+    panels,
+    show_images,
+    smooth,
+    wrap,
+)
 from mmf_lightning.runs.folders import Run, find_evaluations
 
 
@@ -19,15 +28,14 @@ def curve(ax, runs: list[Run], key: str, weight: float = 0.0, log: bool = False)
     for color, run in zip(colors(len(runs)), runs):
         if key in run.metrics:
             steps, values = run.metrics[key]
-            ax.plot(steps, smooth(values, weight), color=color, label=run.label, lw=1.2)
+            marker = "o" if len(steps) <= 2 else None  # a point or two: a line alone would hide them
+            ax.plot(steps, smooth(values, weight), color=color, label=run.label, lw=1.2, marker=marker)
             drawn += 1
     ax.set_xlabel("step")
     if log and drawn:
         ax.set_yscale("log")
     if not drawn:
         ax.text(0.5, 0.5, f"no run logged {key}", ha="center", va="center", transform=ax.transAxes)
-    elif len(runs) > 1:
-        ax.legend(fontsize=7)
     return drawn
 
 
@@ -43,6 +51,7 @@ def loss_curves(runs: list[Run], smoothing: float = 0.9) -> Figure:
     curve(c, runs, "train/lambda")
     c.set_title("(c) λ during training", fontsize=10)
     mark_rollbacks((a, b, c), runs)
+    legend_below(fig, (a, b, c))
     return fig
 
 
@@ -77,21 +86,24 @@ def velocity_fields(runs: list[Run], grid: int = 21, extent: float | None = None
     length, over the run's data in grey. ``extent``: the grid spans [-extent, extent]^2 (default:
     the data's range)."""
     two_d(runs, "velocity-fields")
-    fig, axes = panels(len(runs))
-    for ax, run in zip(axes, runs):
-        module = run.load_module()
-        reference = _reference(run, 2000)
+    fields = []
+    for run in runs:
+        module, reference = run.load_module(), _reference(run, 2000)
         half = extent or (1.1 * float(reference.abs().max()) if reference is not None else 3.0)
         line = torch.linspace(-half, half, grid)
         z = torch.stack(torch.meshgrid(line, line, indexing="xy"), -1).reshape(-1, 2)
-        jump = -(t - r) * module.average_velocity(z, r, t)
+        fields.append((run, z, -(t - r) * module.average_velocity(z, r, t), reference))
+    top = max(float(jump.norm(dim=1).max()) for _, _, jump, _ in fields)  # one colour scale: panels compare
+    fig, axes = panels(len(runs))
+    for ax, (run, z, jump, reference) in zip(axes, fields):
         if reference is not None:
             ax.scatter(reference[:, 0].numpy(), reference[:, 1].numpy(), s=1, c="lightgray", zorder=0)
         z, jump = z.numpy(), jump.numpy()
-        q = ax.quiver(z[:, 0], z[:, 1], jump[:, 0], jump[:, 1], (jump**2).sum(1) ** 0.5, angles="xy", cmap="viridis")
-        fig.colorbar(q, ax=ax, shrink=0.7, label="|jump|")
+        lengths = (jump**2).sum(1) ** 0.5
+        q = ax.quiver(z[:, 0], z[:, 1], jump[:, 0], jump[:, 1], lengths, angles="xy", cmap="viridis", clim=(0, top))
         ax.set_title(run.label, fontsize=10)
         ax.set_aspect("equal")
+    fig.colorbar(q, ax=axes, shrink=0.7, label="|jump| (one scale for every panel)")
     fig.suptitle(f"average velocity u(z, {r:g}, {t:g}): the jump from t = {t:g} to {r:g}")
     return fig
 
@@ -176,12 +188,12 @@ def diversity_and_stability(
     fig, (a, b) = panels(2, size=max(4.0, 1.2 * len(runs)))
     labels = [run.label for run in runs]
     a.boxplot([pair_distances(run, num_pairs, seed, lpips).numpy() for run in runs], showfliers=False)
-    a.set_xticks(range(1, len(runs) + 1), labels, fontsize=7, rotation=20)
+    a.set_xticks(range(1, len(runs) + 1), [wrap(label) for label in labels], fontsize=7)
     a.set_title("(a) " + ("LPIPS" if images else "distance") + " between samples of independent seeds", fontsize=10)
     variances = [run.metrics.get("train/loss_var", ([], []))[1] for run in runs]
     if any(variances):
         b.boxplot([v or [math.nan] for v in variances], showfliers=False)
-        b.set_xticks(range(1, len(runs) + 1), labels, fontsize=7, rotation=20)
+        b.set_xticks(range(1, len(runs) + 1), [wrap(label) for label in labels], fontsize=7)
         b.set_yscale("log")
     else:
         b.text(0.5, 0.5, "no run logged train/loss_var", ha="center", va="center", transform=b.transAxes)
@@ -202,10 +214,14 @@ def paths(runs: list[Run], steps: int = 8, num: int = 16, seed: int = 0) -> Figu
         if states.dim() == 5:  # images: one row of K + 1 states for each of the first 4 paths
             show_images(ax, states[:, :4].transpose(0, 1).flatten(0, 1), nrow=steps + 1)
         else:
+            reference = _reference(run, 2000) if states.shape[-1] == 2 else None
+            if reference is not None:  # the paths over the data they should end on
+                ax.scatter(reference[:, 0].numpy(), reference[:, 1].numpy(), s=1, c="lightgray", zorder=0)
             draw_trajectories(ax, None, {f"{steps}-step paths": states.flatten(2)[..., :2]})
         ax.set_title(run.label, fontsize=10)
     curve(axes[-1], runs, "val/d_path", log=True)
     axes[-1].set_title("D_path over training", fontsize=10)
+    legend_below(fig, axes[-1:])
     return fig
 
 

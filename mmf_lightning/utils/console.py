@@ -31,3 +31,18 @@ def quiet_third_party() -> None:
     rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _DropTips) for f in rank_zero.filters):
         rank_zero.addFilter(_DropTips())
+
+
+def progress(iterable, total: int | None = None, **kwargs):
+    """``tqdm`` over ``iterable``; when stderr is not a terminal (a log file, a batch job), a line every 4% instead
+    of a redraw every tenth of a second, so a log holds a few dozen lines, not megabytes of bar."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    if not sys.stderr.isatty():
+        size = total if total is not None else len(iterable) if hasattr(iterable, "__len__") else None
+        if size:
+            kwargs.setdefault("miniters", max(1, size // 25))
+            kwargs.setdefault("mininterval", 0)
+    return tqdm(iterable, total=total, **kwargs)

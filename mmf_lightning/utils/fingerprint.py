@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+
+from mmf_lightning.utils.console import progress
 
 _CHUNK = 64 << 20  # bytes hashed at a time
 _PROGRESS_FILES = 20_000  # stat'ing more files than this shows a progress bar
@@ -136,7 +137,7 @@ class _Walker:
             return
         data = memoryview(np.ascontiguousarray(a)).cast("B")
         chunks = range(0, len(data), _CHUNK)
-        for start in tqdm(chunks, desc="fingerprint (bytes)", disable=len(data) < _PROGRESS_BYTES, leave=False):
+        for start in progress(chunks, desc="fingerprint (bytes)", disable=len(data) < _PROGRESS_BYTES, leave=False):
             self.h.update(data[start : start + _CHUNK])
 
     def folder(self, dataset, depth: int) -> None:
@@ -145,7 +146,7 @@ class _Walker:
         root = Path(dataset.root)
         self.tag("folder", type(dataset).__qualname__, len(dataset.samples))
         samples = dataset.samples
-        for path, target in tqdm(
+        for path, target in progress(
             samples, desc=f"fingerprint {root}", unit="file", disable=len(samples) < _PROGRESS_FILES, leave=False
         ):
             st = os.stat(path)
