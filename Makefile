@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: install demo test test-all lint format bench bench-quick bench-quality clean
+.PHONY: install demo test test-all lint format bench bench-quick bench-quality gpu-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -86,6 +86,11 @@ bench-quality: $(BENCH_STAMP)
 		--recipe lr=3e-3
 	cd benchmarks && ../$(PY) guidance.py --seeds 3
 	cd benchmarks && ../$(PY) plot_quality.py results/quality_steps.jsonl ../docs/toy_quality_steps.png
+
+# Everything that needs a GPU, in one short run (benchmarks/gpu_check.py; under 8 minutes on one H100): results in
+# benchmarks/results/gpu_check.json and .md. `--tiny` (the suite's) runs it on small nets on the CPU.
+gpu-check: $(STAMP)
+	cd benchmarks && ../$(PY) gpu_check.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

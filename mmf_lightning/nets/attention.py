@@ -18,6 +18,28 @@ def jvp_safe_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tor
     return weights @ v
 
 
+ATTENTION_BACKENDS = ("plain", "jvp_flash")
+
+
+def attention_function(backend: str):
+    """``(q, k, v) -> out`` of an attention backend: "plain" (``jvp_safe_attention``: exact, lambda's gradient
+    through its tangent included, the L x L weights of every head in memory) or "jvp_flash" (the Triton kernel of
+    the ``jvp-flash-attention`` package, the ``flash`` extra: attention's JVP without the L x L matrix, on CUDA;
+    off by default until ``benchmarks/gpu_check.py`` shows it equal to "plain", lambda = 1 gradient included)."""
+    if backend == "plain":
+        return jvp_safe_attention
+    if backend != "jvp_flash":
+        raise ValueError(f"attention backend must be one of {ATTENTION_BACKENDS}, got {backend!r}")
+    try:
+        from jvp_flash_attention.jvp_attention import attention
+    except ImportError as err:
+        raise ImportError(
+            f"attention='jvp_flash' needs the jvp-flash-attention package ({err}); install the extra: "
+            "pip install -e '.[flash]' (a Triton kernel: CUDA GPUs)"
+        ) from err
+    return attention
+
+
 class SpatialSelfAttention(nn.Module):
     """Residual multi-head self-attention over the pixels of a feature map (B, C, H, W)."""
 

@@ -12,10 +12,12 @@ Layer norms are ``jvp_layers.LayerNorm`` (plain ops) for the same reason: torch'
 gradient through its tangent wrong.
 """
 
+from typing import Literal
+
 import torch
 from torch import nn
 
-from mmf_lightning.nets.attention import jvp_safe_attention
+from mmf_lightning.nets.attention import attention_function
 from mmf_lightning.nets.embeddings import TimePairEmbedding, class_embedding
 from mmf_lightning.nets.jvp_layers import LayerNorm
 from mmf_lightning.nets.shapes import check_input
@@ -42,27 +44,28 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 class Attention(nn.Module):
     """Multi-head self-attention over tokens (B, L, W), JVP-safe (module docstring)."""
 
-    def __init__(self, width: int, heads: int):
+    def __init__(self, width: int, heads: int, backend: str = "plain"):
         super().__init__()
         if width % heads:
             raise ValueError(f"DiT width {width} is not divisible by heads {heads}")
         self.heads = heads
+        self.attend = attention_function(backend)
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, w = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
-        return self.proj(jvp_safe_attention(q, k, v).transpose(1, 2).reshape(b, n, w))
+        return self.proj(self.attend(q, k, v).transpose(1, 2).reshape(b, n, w))
 
 
 class DiTBlock(nn.Module):
     """Pre-norm attention and MLP, each shifted, scaled and gated by the conditioning (adaLN-Zero)."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float):
+    def __init__(self, width: int, heads: int, mlp_ratio: float, attention: str = "plain"):
         super().__init__()
         self.norm1 = LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(width, heads)
+        self.attn = Attention(width, heads, attention)
         self.norm2 = LayerNorm(width, elementwise_affine=False, eps=1e-6)
         hidden = int(width * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
@@ -87,6 +90,8 @@ class DiT(RecordsInit, nn.Module):
         guidance_input: the guidance scale is an input too (``embeddings.GuidedLabels``; improved MeanFlow).
         time_dim: frequencies of the (t, t - r) sinusoidal features; ``time_scale``: see
             ``embeddings.SinusoidalEmbedding``.
+        attention: "plain" (exact in plain ops, the default) or "jvp_flash" (the optional Triton kernel,
+            ``attention.attention_function``; CUDA, the ``flash`` extra, not yet checked on a GPU).
     """
 
     def __init__(
@@ -102,6 +107,7 @@ class DiT(RecordsInit, nn.Module):
         time_dim: int = 256,
         time_scale: float = 10.0,
         guidance_input: bool = False,
+        attention: Literal["plain", "jvp_flash"] = "plain",
     ):
         super().__init__()
         if image_size % patch_size:
@@ -116,7 +122,7 @@ class DiT(RecordsInit, nn.Module):
         self.time_embed = TimePairEmbedding(time_dim, width, time_scale)
         self.class_embed = class_embedding(num_classes, width, guidance_input)
         self.guidance_input = guidance_input
-        self.blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio) for _ in range(depth))
+        self.blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio, attention) for _ in range(depth))
         self.final_norm = LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
         self.out = nn.Linear(width, patch_size * patch_size * in_channels)

@@ -172,3 +172,18 @@ def test_a_fresh_dit_block_is_the_identity_and_a_modulated_one_is_adaln_zero_by_
     h = x + gate1[:, None] * attention(norm(x) * (1 + scale1[:, None]) + shift1[:, None])
     expected = h + gate2[:, None] * block.mlp(norm(h) * (1 + scale2[:, None]) + shift2[:, None])
     torch.testing.assert_close(block(x, c), expected)
+
+
+def test_the_attention_backend_is_plain_unless_asked_and_named_when_missing():
+    """The flash kernel is optional (the `flash` extra, CUDA): asking for it without the package names the extra; an
+    unknown backend is named."""
+    import importlib.util
+
+    assert DiT(in_channels=1, image_size=4, patch_size=2, width=16, depth=1, heads=2).blocks[
+        0
+    ].attn.attend.__name__ == ("jvp_safe_attention")
+    with pytest.raises(ValueError, match="attention backend must be one of .*got 'fast'"):
+        DiT(in_channels=1, image_size=4, patch_size=2, width=16, depth=1, heads=2, attention="fast")
+    if importlib.util.find_spec("jvp_flash_attention") is None:
+        with pytest.raises(ImportError, match=r"pip install -e '\.\[flash\]'"):
+            DiT(in_channels=1, image_size=4, patch_size=2, width=16, depth=1, heads=2, attention="jvp_flash")
