@@ -6,6 +6,7 @@ server, so `wandb sweep` itself is not run here."""
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -147,8 +148,12 @@ def test_a_sweep_runs_here_without_a_server_and_its_runs_carry_one_label_everywh
     labels = ["λ=0 · conditional tangent", "curriculum (linear, 500 steps) · instantaneous tangent"]
     runs = find_runs(root)
     assert sorted(r.label for r in runs) == sorted(labels)  # what plot and the notebooks call them
-    named = sorted(read_run(r.folder / "wandb", wait=60).name for r in runs)
-    assert named == sorted(labels)  # the W&B run names
+    def name_of(folder, deadline=time.monotonic() + 120):  # the run record comes first; W&B may still be writing
+        while not (name := read_run(folder).name) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return name
+
+    assert sorted(name_of(r.folder / "wandb") for r in runs) == sorted(labels)  # the W&B run names
     out = tmp_path / "eval"
     main(["evaluate", str(root), "--output", str(out), "--quick", "--num_samples=16", "--distance_samples=32",
           "--timing_repeats=1"])  # fmt: skip

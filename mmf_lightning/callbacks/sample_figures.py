@@ -8,6 +8,7 @@ from lightning.pytorch.callbacks import WeightAveraging
 
 from mmf_lightning.figures import save_samples_figure
 from mmf_lightning.training.run_dir import run_dir
+from mmf_lightning.utils.config import check_count
 
 
 def ema_module(trainer: L.Trainer, pl_module: L.LightningModule) -> L.LightningModule:
@@ -34,7 +35,9 @@ class SampleFigures(L.Callback):
         at_validation: also draw after every validation (not the sanity check).
         num_trajectories: paths in the trajectory panel (trajectory tasks with a ground truth).
         seed: fixed noise, so successive figures show the same samples evolving.
-    A figure is drawn at the end of training in any case.
+        euler_steps: a panel of the same run's multi-step flow matching beside the one-step samples: ``euler_steps``
+            Euler steps along its instantaneous velocity u(z, t, t), from the same noise (0: none).
+    A figure is drawn at the end of training in any case. For images it starts with a panel of the data.
     """
 
     def __init__(
@@ -45,6 +48,7 @@ class SampleFigures(L.Callback):
         at_validation: bool = True,
         num_trajectories: int = 12,
         seed: int = 0,
+        euler_steps: int = 16,
     ):
         if num_samples < 1 or not steps or min(steps) < 1 or every_n_steps < 0 or num_trajectories < 0:
             raise ValueError(
@@ -53,6 +57,7 @@ class SampleFigures(L.Callback):
             )
         self.num_samples, self.steps, self.every_n_steps, self.seed = num_samples, tuple(steps), every_n_steps, seed
         self.at_validation, self.num_trajectories = at_validation, num_trajectories
+        self.euler_steps = check_count("SampleFigures euler_steps", euler_steps)
         self.last_path: Path | None = None
         self._drawn_at: int | None = None
 
@@ -85,8 +90,15 @@ class SampleFigures(L.Callback):
             generator = torch.Generator().manual_seed(self.seed)
             title = f"{k}-step samples (step {trainer.global_step})"
             panels[title] = module.sample(n, k, generator=generator)
+        if self.euler_steps:  # multi-step flow matching of the same net: what one step is to be judged against
+            panels[f"{self.euler_steps} Euler steps of u(z, t, t)"] = euler_samples(
+                module, n, self.euler_steps, self.seed
+            )
         decode = getattr(trainer.datamodule, "decode", None)  # latent-space data: the pictures show images
         panels = {title: decode(x) if decode else x for title, x in panels.items()}
+        if len(module.data_shape) == 3:
+            images = _data_images(trainer, n)
+            panels = {"data": images, **panels} if images is not None else panels
         reference = _reference_batch(trainer, self.num_samples)
         trajectories = self._trajectories(trainer, module)
         path = out_dir / f"step_{trainer.global_step}.png"
@@ -104,6 +116,31 @@ class SampleFigures(L.Callback):
             return None
         predicted = module.trajectory_from(truth[0].to(module.device), truth.shape[0] - 1).cpu()
         return truth[..., :2], predicted[..., :2]
+
+
+@torch.no_grad()
+def euler_samples(module, n: int, steps: int, seed: int) -> torch.Tensor:
+    """``steps`` Euler steps of the module's instantaneous velocity u(z, t, t) (its net read as a flow-matching
+    one), from the noise ``module.sample`` starts from with ``seed``."""
+    from mmf_lightning import sampling
+    from mmf_lightning.objectives import FlowMatching
+
+    e, y = module.draw_starts(n, None, torch.Generator().manual_seed(seed))
+    was_training = module.net.training
+    module.net.eval()
+    try:
+        return sampling.sample(module.net, FlowMatching(), e, steps, y)
+    finally:
+        module.net.train(was_training)
+
+
+def _data_images(trainer, n: int) -> torch.Tensor | None:
+    """The first n images of the datamodule's reference set (the data, as the samples are judged against)."""
+    reference = getattr(trainer.datamodule, "reference_set", None)
+    if not callable(reference):
+        return None
+    dataset = reference("train")
+    return torch.stack([dataset[i]["x"] for i in range(min(n, len(dataset)))])
 
 
 def log_picture(trainer, key: str, path: Path) -> None:
