@@ -148,7 +148,9 @@ def test_a_sweep_runs_here_without_a_server_and_its_runs_carry_one_label_everywh
     labels = ["λ=0 · conditional tangent", "curriculum (linear, 500 steps) · instantaneous tangent"]
     runs = find_runs(root)
     assert sorted(r.label for r in runs) == sorted(labels)  # what plot and the notebooks call them
-    def name_of(folder, deadline=time.monotonic() + 120):  # the run record comes first; W&B may still be writing
+
+    def name_of(folder):  # the run record comes first; W&B may still be writing the rest
+        deadline = time.monotonic() + 120
         while not (name := read_run(folder).name) and time.monotonic() < deadline:
             time.sleep(0.5)
         return name
