@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: install demo test test-all lint format bench bench-quick bench-quality gpu-check clean
+.PHONY: install demo test test-all lint format bench bench-quick bench-quality bench-images gpu-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -86,6 +86,20 @@ bench-quality: $(BENCH_STAMP)
 		--recipe lr=3e-3
 	cd benchmarks && ../$(PY) guidance.py --seeds 3
 	cd benchmarks && ../$(PY) plot_quality.py results/quality_steps.jsonl ../docs/toy_quality_steps.png
+	$(MAKE) bench-images
+
+# The image recipe, measured on images (docs/benchmarks/images.md): the digits with each method trained with the
+# recipe of configs/digits/quick.yaml, 5 seeds; the recipe study (one lever at a time, 3 seeds a candidate); the best
+# recipe at 1500 and 5000 steps; the lambda study on it; the picture of samples per method. Many hours on 2 cores; an
+# interrupted command continues where it stopped (results/images_*.jsonl).
+bench-images: $(BENCH_STAMP)
+	cd benchmarks && ../$(PY) images.py --methods shipped fm peer_meanflow ict --steps 1500 --seeds 5
+	cd benchmarks && ../$(PY) images.py --study --study_seeds 3
+	cd benchmarks && ../$(PY) images.py --methods $$(cat results/images_best.txt) shipped fm peer_meanflow ict \
+		--steps 1500 --seeds 5
+	cd benchmarks && ../$(PY) images.py --methods $$(cat results/images_best.txt) fm peer_meanflow --steps 5000 \
+		--seeds 5 --lambda_study
+	cd benchmarks && ../$(PY) plot_images.py
 
 # Everything that needs a GPU, in one short run (benchmarks/gpu_check.py; under 8 minutes on one H100): results in
 # benchmarks/results/gpu_check.json and .md. `--tiny` (the suite's) runs it on small nets on the CPU.

@@ -329,14 +329,17 @@ def done(path: Path) -> dict:
     return {(m, s): r for m, s, r in rows}
 
 
-def run_jobs(methods, seeds, steps, workers, out: Path) -> dict:
-    """Runs what ``out/images_<steps>.jsonl`` does not have yet; returns every result it has."""
+def run_jobs(methods, seeds, steps, workers, out: Path, run: bool = True) -> dict:
+    """Runs what ``out/images_<steps>.jsonl`` does not have yet (unless ``run`` is False); returns every result it
+    has."""
     for m in methods:
         parts(m)
     jsonl = out / f"images_{steps}.jsonl"
     samples = out / "images_samples"
     samples.mkdir(parents=True, exist_ok=True)
     results = done(jsonl)
+    if not run:
+        return results
     jobs = [(m, s, steps, str(samples)) for s in seeds for m in methods if (m, s) not in results]
     print(f"{len(jobs)} runs to do at {steps} steps ({len(results)} already in {jsonl})", flush=True)
     t0 = time.perf_counter()
@@ -452,6 +455,7 @@ def main():
         help="add the lambda study on the best recipe of the study (images_best.txt) to --methods",
     )
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--no-run", action="store_true", help="tabulate the results already in the jsonl; run nothing")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -461,7 +465,7 @@ def main():
     if args.lambda_study:
         best = (out / "images_best.txt").read_text().strip()
         args.methods += [m for m in lambda_study(best) if m not in args.methods]
-    results = run_jobs(args.methods, list(range(args.seeds)), args.steps, args.workers, out)
+    results = run_jobs(args.methods, list(range(args.seeds)), args.steps, args.workers, out, run=not args.no_run)
     shown = [*args.methods, *sorted({m for (m, _) in results} - set(args.methods))]
     text = table(results, shown, args.steps)
     for m in args.methods:
