@@ -156,3 +156,30 @@ def test_the_count_of_skipped_steps_in_a_row_restarts_after_a_good_step():
     guard.skip_if_not_finite(opt, torch.tensor(float("nan")))  # now two in a row
     with pytest.raises(FloatingPointError, match=r"2 optimizer step\(s\) in a row"):
         guard.check(5, 0.0)
+
+
+@pytest.mark.parametrize("stop", ["divergence", "exception"])
+def test_a_stop_mid_run_prints_the_command_that_resumes_it(tmp_path, caplog, stop):
+    """The divergence stop and an exception mid-run leave the last checkpoint as it was, and say so with the command
+    that resumes from it (the CLI gives SaveOnPreemption its command line with --ckpt_path last)."""
+    import logging
+
+    from mmf_lightning.callbacks.preemption import SaveOnPreemption
+
+    class Crash(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 5:
+                raise RuntimeError("the node's disk is full")
+
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_last=True)
+    poison = [NaNInjector(rank=0, step=4, until=100)] if stop == "divergence" else [Crash()]
+    resume = "python -m mmf_lightning fit --config x.yaml --ckpt_path last"
+    trainer = quiet_trainer(tmp_path, max_steps=20, limit_val_batches=0,
+                            callbacks=[LambdaScheduler(), *poison, ckpt, SaveOnPreemption(resume)])  # fmt: skip
+    caplog.set_level(logging.INFO)
+    with pytest.raises(FloatingPointError if stop == "divergence" else RuntimeError):
+        trainer.fit(_module(max_skipped_in_a_row=3), _data())
+    kind = "FloatingPointError" if stop == "divergence" else "RuntimeError"
+    assert f"({kind}); its last checkpoint {tmp_path / 'ckpt' / 'last.ckpt'} is intact; resume with: {resume}" in (
+        caplog.text
+    )

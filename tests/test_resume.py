@@ -196,7 +196,8 @@ def test_slurm_requeue_signal_saves_and_the_requeued_job_resumes_by_itself(tmp_p
     while not (job / "hpc_ckpt_1.ckpt").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     first.send_signal(signal.SIGKILL)  # SLURM ends the job it requeued
-    first.wait(timeout=30)
+    said = first.communicate(timeout=30)[1]
+    assert "SLURM requeue at step 7: Lightning saved hpc_ckpt_*.ckpt in" in said, said[-2000:]
     assert torch.load(job / "hpc_ckpt_1.ckpt", weights_only=True)["global_step"] == 7
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
 

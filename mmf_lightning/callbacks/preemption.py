@@ -8,6 +8,7 @@ checkpoint folder, so ``fit --ckpt_path last`` in the same run folder continues 
 keeps its last good checkpoint.
 """
 
+import os
 import signal
 import sys
 import threading
@@ -49,6 +50,18 @@ class SaveOnPreemption(L.Callback):
         self._lightning_handler, self._trainer = handler, trainer
         signal.signal(signal.SIGTERM, self._on_sigterm)  # Lightning restores the originals at teardown
         signal.signal(signal.SIGINT, self._on_interrupt)
+        requeue = getattr(signal, "SIGUSR1", None)  # SLURM's requeue signal, when Lightning's SLURM plugin handles it
+        if requeue is not None and os.environ.get("SLURM_JOB_ID") and callable(signal.getsignal(requeue)):
+            self._slurm_handler = signal.getsignal(requeue)
+            signal.signal(requeue, self._on_requeue)
+
+    def _on_requeue(self, signum, frame) -> None:
+        self._slurm_handler(signum, frame)  # Lightning's: saves hpc_ckpt_<n>.ckpt and asks SLURM to requeue the job
+        trainer = self._trainer
+        rank_zero_info(
+            f"SLURM requeue at step {trainer.global_step}: Lightning saved hpc_ckpt_*.ckpt in "
+            f"{trainer.default_root_dir}, from which the requeued job (the same command) resumes by itself"
+        )
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self._lightning_handler is not None and threading.current_thread() is threading.main_thread():
