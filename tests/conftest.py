@@ -4,6 +4,9 @@ from pathlib import Path
 import pytest
 import torch
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on two cores: one thread each, and for what they start
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
