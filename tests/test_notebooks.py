@@ -33,7 +33,7 @@ def test_every_notebook_is_run_here_and_committed_without_outputs():
                 assert cell["outputs"] == [] and cell["execution_count"] is None, f"{path.name} has outputs"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker: a module-scoped one is run again whenever xdist interleaves
 def executed(paper_runs, torch_home_with_alexnet):
     """Every notebook run in its own kernel, two at a time (each kernel is a process of its own; the
     suite is otherwise one process on 2 cores): name -> the executed notebook, or the error."""
