@@ -329,8 +329,8 @@ def done(path: Path) -> dict:
     return {(m, s): r for m, s, r in rows}
 
 
-def run_jobs(methods, seeds, steps, workers, out: Path, run: bool = True) -> dict:
-    """Runs what ``out/images_<steps>.jsonl`` does not have yet (unless ``run`` is False); returns every result it
+def run_jobs(methods, seeds, steps, workers, out: Path, execute: bool = True) -> dict:
+    """Runs what ``out/images_<steps>.jsonl`` does not have yet (unless ``execute`` is False); returns every result it
     has."""
     for m in methods:
         parts(m)
@@ -338,7 +338,7 @@ def run_jobs(methods, seeds, steps, workers, out: Path, run: bool = True) -> dic
     samples = out / "images_samples"
     samples.mkdir(parents=True, exist_ok=True)
     results = done(jsonl)
-    if not run:
+    if not execute:
         return results
     jobs = [(m, s, steps, str(samples)) for s in seeds for m in methods if (m, s) not in results]
     print(f"{len(jobs)} runs to do at {steps} steps ({len(results)} already in {jsonl})", flush=True)
@@ -465,7 +465,7 @@ def main():
     if args.lambda_study:
         best = (out / "images_best.txt").read_text().strip()
         args.methods += [m for m in lambda_study(best) if m not in args.methods]
-    results = run_jobs(args.methods, list(range(args.seeds)), args.steps, args.workers, out, run=not args.no_run)
+    results = run_jobs(args.methods, list(range(args.seeds)), args.steps, args.workers, out, execute=not args.no_run)
     shown = [*args.methods, *sorted({m for (m, _) in results} - set(args.methods))]
     text = table(results, shown, args.steps)
     for m in args.methods:
