@@ -27,10 +27,10 @@ demo: $(STAMP)
 
 # The suite (under 10 minutes on 2 cores); `make test-all` adds the checks marked slow.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=20
+	$(PY) -m pytest -q -n 2 --durations=20
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=20 -m ""
+	$(PY) -m pytest -q -n 2 --durations=20 -m ""
 
 lint: $(STAMP)
 	$(PY) -m ruff check mmf_lightning tests benchmarks notebooks

@@ -58,12 +58,3 @@ def paper_runs(tmp_path_factory):
     from paper_runs import PaperRuns
 
     return PaperRuns(shared_folder(tmp_path_factory, "paper_runs"))
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
-def pytest_collection_modifyitems(config, items):
-    """Under ``--dist loadgroup`` the tests that read the paper's runs go to one worker, which trains them once while
-    the other worker runs the rest."""
-    for item in items:
-        if "paper_runs" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("paper_runs"))

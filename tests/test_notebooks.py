@@ -4,7 +4,6 @@ outputs."""
 
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
@@ -33,41 +32,27 @@ def test_every_notebook_is_run_here_and_committed_without_outputs():
                 assert cell["outputs"] == [] and cell["execution_count"] is None, f"{path.name} has outputs"
 
 
-@pytest.fixture(scope="session")  # once per worker: a module-scoped one is run again whenever xdist interleaves
-def executed(paper_runs, torch_home_with_alexnet):
-    """Every notebook run in its own kernel, two at a time (each kernel is a process of its own; the
-    suite is otherwise one process on 2 cores): name -> the executed notebook, or the error."""
-    for name in ("toy2d", "digits", "trajectories", "conditional"):
-        paper_runs[name]  # made here, before the kernels start
-
-    def run(path: Path):
-        runs = paper_runs[FOLDER[path.stem]]
-        env = {
-            **os.environ,
-            "MMF_RUNS": str(runs),  # what a user sets to point a notebook at a folder
-            "MMF_CKPT": str(next(runs.rglob("last.ckpt"))),
-            "MMF_EVALUATIONS": str(runs / "evaluation"),
-            "TORCH_HOME": str(torch_home_with_alexnet),  # LPIPS' backbone (untrained, trusted)
-        }
-        notebook = nbformat.read(path, as_version=4)
-        client = NotebookClient(
-            notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
-        )
-        try:
-            client.execute(env=env)
-        except Exception as err:  # reported by the notebook's own test
-            return err
-        return notebook
-
-    with ThreadPoolExecutor(2) as pool:
-        return dict(zip((p.stem for p in NOTEBOOKS), pool.map(run, NOTEBOOKS)))
+def execute(path: Path, runs: Path, torch_home: Path) -> nbformat.NotebookNode:
+    """``path`` run top to bottom in a kernel of its own, pointed at the folder of runs ``runs``."""
+    env = {
+        **os.environ,
+        "MMF_RUNS": str(runs),  # what a user sets to point a notebook at a folder
+        "MMF_CKPT": str(next(runs.rglob("last.ckpt"))),
+        "MMF_EVALUATIONS": str(runs / "evaluation"),
+        "TORCH_HOME": str(torch_home),  # LPIPS' backbone (untrained, trusted)
+    }
+    notebook = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    )
+    client.execute(env=env)
+    return notebook
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_top_to_bottom_in_a_kernel(path, executed, paper_runs):
-    notebook = executed[path.stem]
-    if isinstance(notebook, Exception):
-        raise notebook
+def test_notebook_runs_top_to_bottom_in_a_kernel(path, paper_runs, torch_home_with_alexnet):
+    # each test runs its own notebook: one kernel per notebook whichever xdist worker takes it
+    notebook = execute(path, paper_runs[FOLDER[path.stem]], torch_home_with_alexnet)
     outputs = [out for cell in notebook.cells if cell.cell_type == "code" for out in cell.outputs]
     assert not [out for out in outputs if out.output_type == "error"]
     images = [out for out in outputs if "image/png" in out.get("data", {})]
