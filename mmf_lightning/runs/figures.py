@@ -104,7 +104,8 @@ def velocity_fields(runs: list[Run], grid: int = 21, extent: float | None = None
         ax.set_title(run.label, fontsize=10)
         ax.set_aspect("equal")
     fig.colorbar(q, ax=axes, shrink=0.7, label="|jump| (one scale for every panel)")
-    fig.suptitle(f"average velocity u(z, {r:g}, {t:g}): the jump from t = {t:g} to {r:g}")
+    # two lines: one line is wider than a single panel
+    fig.suptitle(f"average velocity u(z, {r:g}, {t:g}):\nthe jump from t = {t:g} to {r:g}", fontsize=11)
     return fig
 
 
@@ -150,6 +151,7 @@ def fid_comparison(runs: list[Run], evaluation_folders=(), metric: str | None = 
     else:
         b.text(0.5, 0.5, "no `evaluate --data <shifted set>` results found\n(pass the folder of its evaluation.json)",
                ha="center", va="center", transform=b.transAxes, fontsize=8)  # fmt: skip
+        b.set_xticks([]), b.set_yticks([])  # no axis to read on an empty panel
     b.set_title(f"(b) {metric} across evaluation sets", fontsize=10)
     return fig
 
