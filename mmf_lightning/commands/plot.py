@@ -57,7 +57,7 @@ def plot_main(argv: list[str]) -> list[Path]:
             skipped.append(name)
             continue
         path = out / f"{name}.png"
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, bbox_inches="tight")  # legends beside a panel stay in the picture
         print(f"wrote {path}")
         written.append(path)
     return written

@@ -101,7 +101,7 @@ def velocity_fields(runs: list[Run], grid: int = 21, extent: float | None = None
         z, jump = z.numpy(), jump.numpy()
         lengths = (jump**2).sum(1) ** 0.5
         q = ax.quiver(z[:, 0], z[:, 1], jump[:, 0], jump[:, 1], lengths, angles="xy", cmap="viridis", clim=(0, top))
-        ax.set_title(run.label, fontsize=10)
+        ax.set_title(wrap(run.label, 45), fontsize=10)
         ax.set_aspect("equal")
     fig.colorbar(q, ax=axes, shrink=0.7, label="|jump| (one scale for every panel)")
     # two lines: one line is wider than a single panel
@@ -220,7 +220,7 @@ def paths(runs: list[Run], steps: int = 8, num: int = 16, seed: int = 0) -> Figu
             if reference is not None:  # the paths over the data they should end on
                 ax.scatter(reference[:, 0].numpy(), reference[:, 1].numpy(), s=1, c="lightgray", zorder=0)
             draw_trajectories(ax, None, {f"{steps}-step paths": states.flatten(2)[..., :2]})
-        ax.set_title(run.label, fontsize=10)
+        ax.set_title(wrap(run.label, 45), fontsize=10)
     curve(axes[-1], runs, "val/d_path", log=True)
     axes[-1].set_title("D_path over training", fontsize=10)
     legend_below(fig, axes[-1:])
