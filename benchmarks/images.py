@@ -61,7 +61,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "times_ln2_2": ("logit-normal(-2, 2) times (CIFAR-10's)", [f"{_TIMES}mean=-2.0", f"{_TIMES}std=2.0"]),
     **{
         f"equal{round(100 * f)}": (f"{round(100 * f)}% of rows r = t", [f"{_TIMES}equal_fraction={f}"])
-        for f in (0.0, 0.25, 0.5, 0.75)
+        for f in (0.0, 0.25, 0.5, 0.75, 0.9)
     },
     **{
         name: (f"adaptive weight p = {p}", [f"{_OBJ}weighting_power={p}"])
