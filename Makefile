@@ -88,17 +88,21 @@ bench-quality: $(BENCH_STAMP)
 	cd benchmarks && ../$(PY) plot_quality.py results/quality_steps.jsonl ../docs/toy_quality_steps.png
 	$(MAKE) bench-images
 
-# The image recipe, measured on images (docs/benchmarks/images.md): the digits with each method trained with the
-# recipe of configs/digits/quick.yaml, 5 seeds; the recipe study (one lever at a time, 3 seeds a candidate); the best
-# recipe at 1500 and 5000 steps; the lambda study on it; the picture of samples per method. Many hours on 2 cores; an
-# interrupted command continues where it stopped (results/images_*.jsonl).
+# The image recipe, measured on images (docs/benchmarks/images.md): the digits, each method trained with the recipe
+# of configs/digits/quick.yaml (a method is the config with overrides, images.VARIANTS), judged in two feature spaces.
+# The table (5 seeds: the config, the paper's curriculum it shipped until 2026-12-08, the peers), the screens that
+# chose the recipe (2 seeds a candidate), lambda on images, then 5000 steps (not run yet); ~6 minutes a run on a free
+# core. An interrupted command continues where it stopped (results/images_*.jsonl).
+IMAGE_SCREENS := curriculum300+equal50 curriculum300+equal0+times_ln04_1 curriculum300+times_ln04_1+equal50 \
+	curriculum300+times_ln04_1+equal50+p05 curriculum300+times_ln04_1+equal50+p05+conditional \
+	times_ln04_1+equal50+p05 equal0 equal25 equal50 equal50+lam05 equal90 times_ln04_1 times_ln0_3 p1 lr0.001 lr0.004 \
+	ema995
+IMAGE_LAMBDA := lam05 lam1 curriculum300 conditional curriculum300+conditional
 bench-images: $(BENCH_STAMP)
-	cd benchmarks && ../$(PY) images.py --methods shipped fm peer_meanflow ict --steps 1500 --seeds 5
-	cd benchmarks && ../$(PY) images.py --study --study_seeds 3
-	cd benchmarks && ../$(PY) images.py --methods $$(cat results/images_best.txt) shipped fm peer_meanflow ict \
-		--steps 1500 --seeds 5
-	cd benchmarks && ../$(PY) images.py --methods $$(cat results/images_best.txt) fm peer_meanflow --steps 5000 \
-		--seeds 5 --lambda_study
+	cd benchmarks && ../$(PY) images.py --methods shipped curriculum300+equal0 fm peer_meanflow ict --seeds 5
+	cd benchmarks && ../$(PY) images.py --methods $(IMAGE_SCREENS) --seeds 2
+	cd benchmarks && ../$(PY) images.py --methods shipped $(IMAGE_LAMBDA) --seeds 2
+	cd benchmarks && ../$(PY) images.py --methods shipped fm peer_meanflow --steps 5000 --seeds 5
 	cd benchmarks && ../$(PY) plot_images.py
 
 # Everything that needs a GPU, in one short run (benchmarks/gpu_check.py; under 8 minutes on one H100): results in

@@ -6,7 +6,10 @@ unless ``--config`` says otherwise; its includes resolved the same way): the net
 sampler and adaptive weight, the lambda schedule, Adam's settings with the learning-rate warm-up and cosine decay
 (``MeanFlowModule.lr_factor``), the EMA decay, the batch, the data and the step count. A method is that config with
 command-line overrides (``VARIANTS``), joined with ``+`` (``times_uniform+equal50``: the later one wins where two
-set the same key); the peer MeanFlow keeps its own loss on the config's network, data, optimizer, EMA and steps.
+set the same key). Names are relative to the config as it is: when it changes, the rows recorded against its old
+self are renamed (on 2026-12-08 quick.yaml became lambda = 0 with 75% of rows r = t, and its old ``shipped`` rows
+became ``curriculum300+equal0``). The peer MeanFlow keeps its own loss on the config's network, data, optimizer,
+EMA and steps.
 The training loop is plain torch (no Lightning): the datamodule's own loader, one optimizer step per batch.
 
 Judges, each on as many samples as there are digits (1797), from the same starts for every method:
@@ -16,7 +19,8 @@ Judges, each on as many samples as there are digits (1797), from the same starts
 Their floor: a resample (with replacement) of the real digits against the real digits, per seed.
 
     python benchmarks/images.py --methods shipped peer_meanflow fm [--steps 1500] [--seeds 5] [--workers 2]
-    python benchmarks/images.py --study [--study_seeds 3]     # the recipe study, one lever at a time
+    python benchmarks/images.py --study [--study_seeds 3]     # a recipe study, one lever at a time
+    (make bench-images runs the screens of docs/benchmarks/images.md as lists of --methods)
 
 Results: ``benchmarks/results/images_<steps>.jsonl`` (one line per run; an interrupted command continues where it
 stopped) and ``images_<steps>.md``; the study's decisions in ``images_study.md``; 1- and 2-step samples of every run

@@ -2,7 +2,7 @@
 and one of its 2-step samples, seed 0, from the same noise for every method), the data in the first row, and 100
 Euler steps of flow matching where it ran.
 
-    python benchmarks/plot_images.py [--steps 1500] [--methods shipped peer_meanflow fm ict] [--out PNG]
+    python benchmarks/plot_images.py [--steps 1500] [--methods M ...] [--out PNG]
 """
 
 import argparse
@@ -26,7 +26,7 @@ def main():
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--methods", nargs="+", default=["shipped", "peer_meanflow", "fm", "ict"])
+    p.add_argument("--methods", nargs="+", default=["shipped", "curriculum300+equal0", "peer_meanflow", "fm", "ict"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "digits_samples.png"))
     args = p.parse_args()
