@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mmf_lightning.commands.fit import MMFLightningCLI
-from mmf_lightning.data import ToyDataModule
+from mmf_lightning.data import ODEDataModule, ToyDataModule
 from mmf_lightning.metrics.evaluation import EvaluationSettings
 from mmf_lightning.nets import MLP
 from mmf_lightning.objectives import Constant, CosineWarmup, LinearWarmup, ModularMeanFlow, Step, TimeSampler
@@ -225,6 +225,15 @@ def test_every_config_group_has_options_in_the_fuzz():
     assert groups == {"model", "data", "lambda_schedule"}
     assert {"model.net.init_args.width", "model.objective.init_args.tangent", "data.init_args.batch_size",
             "model.objective.init_args.time_sampler.init_args.equal_fraction"} <= set(QUICKSTART_OPTIONS)  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", [None, 1.5, -1, True])
+def test_a_data_seed_that_is_not_a_whole_number_is_named(seed):
+    """The seed of the 2-D and trajectory data (it seeds every set they draw): `seed: null` was taken, then failed as
+    "unsupported operand type(s) for +: 'NoneType' and 'int'" (found by the fuzz below)."""
+    for make in (ToyDataModule, ODEDataModule):
+        with pytest.raises(ValueError, match=rf"seed must be a whole number in \[0, 1e\+12\], got {seed!r}"):
+            make(seed=seed)
 
 
 @pytest.mark.parametrize(

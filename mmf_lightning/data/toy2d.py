@@ -45,7 +45,7 @@ class ToyDataModule(DataModuleBase):
         super().__init__(batch_size, num_workers, persistent_workers, pin_memory)
         num_train, num_val = check_count("num_train", num_train, 1), check_count("num_val", num_val)
         self.distribution, self.mean, self.std = distribution, tuple(mean), tuple(std)
-        self.num_train, self.num_val, self.seed = num_train, num_val, seed
+        self.num_train, self.num_val, self.seed = num_train, num_val, check_count("seed", seed)
         if labels and distribution not in LABELLED:
             raise ValueError(f"labels: {distribution!r} has no class labels; choose one of {sorted(LABELLED)}")
         self.labels = labels

@@ -113,7 +113,7 @@ class TrajectoryDataModule(DataModuleBase):
         self.source = source if source is not None else UniformBox(-2.0, 2.0)
         self.horizon, self.num_points = horizon, num_points
         self.supervision, self.observation_noise = supervision, observation_noise
-        self.num_train, self.num_val, self.seed = num_train, num_val, seed
+        self.num_train, self.num_val, self.seed = num_train, num_val, check_count("seed", seed)
         self.data_shape = (self.dim,)
 
     def physical_trajectories(self, x1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
