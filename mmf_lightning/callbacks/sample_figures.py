@@ -6,6 +6,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
 
+from mmf_lightning.data.base import reference_points
 from mmf_lightning.figures import save_samples_figure
 from mmf_lightning.training.run_dir import run_dir
 from mmf_lightning.utils.config import check_count
@@ -99,7 +100,7 @@ class SampleFigures(L.Callback):
         if len(module.data_shape) == 3:
             images = _data_images(trainer, n)
             panels = {"data": images, **panels} if images is not None else panels
-        reference = _reference_batch(trainer, self.num_samples)
+        reference = reference_points(trainer.datamodule, self.num_samples)
         trajectories = self._trajectories(trainer, module)
         path = out_dir / f"step_{trainer.global_step}.png"
         self.last_path = save_samples_figure(panels, path, reference, trajectories)
@@ -155,10 +156,3 @@ def log_picture(trainer, key: str, path: Path) -> None:
 
             pixels = matplotlib.image.imread(path)[..., :3]  # (H, W, RGB) floats in [0, 1]
             logger.experiment.add_image(key, pixels, trainer.global_step, dataformats="HWC")
-
-
-def _reference_batch(trainer, n: int) -> torch.Tensor | None:
-    """Up to n data points for low-dimensional plots (None for images)."""
-    dm = trainer.datamodule
-    sampler = getattr(dm, "reference_samples", None)
-    return sampler(n) if callable(sampler) else None

@@ -108,6 +108,7 @@ def _latent_decoder(ckpt: Path):
 def _reference_data(ckpt: Path, n: int):
     """``n`` points of the run's data (its datamodule's ``reference_samples``, built from the config the checkpoint
     carries), or None when the run has no such data or no config."""
+    from mmf_lightning.data.base import reference_points
     from mmf_lightning.runs.configs import instantiate_run
     from mmf_lightning.runs.run_config import RUN_CONFIG_KEY
     from mmf_lightning.training.checkpoints import read_checkpoint
@@ -115,5 +116,4 @@ def _reference_data(ckpt: Path, n: int):
     config = read_checkpoint(ckpt).get(RUN_CONFIG_KEY)
     if not isinstance(config, dict) or "data" not in config:
         return None
-    sampler = getattr(instantiate_run(config, with_fid=False, fid_num_samples=None)[0], "reference_samples", None)
-    return sampler(n).float() if callable(sampler) else None
+    return reference_points(instantiate_run(config, with_fid=False, fid_num_samples=None)[0], n)

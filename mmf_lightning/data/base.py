@@ -129,6 +129,13 @@ class DataModuleBase(L.LightningDataModule):
         return self.test_dataloader()
 
 
+def reference_points(datamodule, n: int) -> torch.Tensor | None:
+    """``n`` points of a low-dimensional datamodule's data (its ``reference_samples``), for plots drawn over the data;
+    None for data that has none (images, trajectories)."""
+    sampler = getattr(datamodule, "reference_samples", None)
+    return sampler(n).float() if callable(sampler) else None
+
+
 def batches_per_epoch(full: int, limit: int | float | None) -> int:
     """The training batches of an epoch of ``full`` under ``limit_train_batches`` (a count, or a fraction of
     ``full``), as Lightning counts them."""

@@ -9,6 +9,7 @@ import math
 import torch
 from matplotlib.figure import Figure
 
+from mmf_lightning.data.base import reference_points
 from mmf_lightning.figures import (
     colors,
     draw_trajectories,
@@ -88,7 +89,7 @@ def velocity_fields(runs: list[Run], grid: int = 21, extent: float | None = None
     two_d(runs, "velocity-fields")
     fields = []
     for run in runs:
-        module, reference = run.load_module(), _reference(run, 2000)
+        module, reference = run.load_module(), reference_points(run.datamodule(), 2000)
         half = extent or (1.1 * float(reference.abs().max()) if reference is not None else 3.0)
         line = torch.linspace(-half, half, grid)
         z = torch.stack(torch.meshgrid(line, line, indexing="xy"), -1).reshape(-1, 2)
@@ -107,11 +108,6 @@ def velocity_fields(runs: list[Run], grid: int = 21, extent: float | None = None
     # two lines: one line is wider than a single panel
     fig.suptitle(f"average velocity u(z, {r:g}, {t:g}):\nthe jump from t = {t:g} to {r:g}", fontsize=11)
     return fig
-
-
-def _reference(run: Run, n: int) -> torch.Tensor | None:
-    sampler = getattr(run.datamodule(), "reference_samples", None)
-    return sampler(n).float() if callable(sampler) else None
 
 
 def quality_metric(runs: list[Run], evaluations: dict, metric: str | None) -> str:
@@ -216,7 +212,7 @@ def paths(runs: list[Run], steps: int = 8, num: int = 16, seed: int = 0) -> Figu
         if states.dim() == 5:  # images: one row of K + 1 states for each of the first 4 paths
             show_images(ax, states[:, :4].transpose(0, 1).flatten(0, 1), nrow=steps + 1)
         else:
-            reference = _reference(run, 2000) if states.shape[-1] == 2 else None
+            reference = reference_points(run.datamodule(), 2000) if states.shape[-1] == 2 else None
             if reference is not None:  # the paths over the data they should end on
                 ax.scatter(reference[:, 0].numpy(), reference[:, 1].numpy(), s=1, c="lightgray", zorder=0)
             draw_trajectories(ax, None, {f"{steps}-step paths": states.flatten(2)[..., :2]})
