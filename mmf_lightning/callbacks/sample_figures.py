@@ -127,12 +127,8 @@ def euler_samples(module, n: int, steps: int, seed: int) -> torch.Tensor:
     from mmf_lightning.objectives import FlowMatching
 
     e, y = module.draw_starts(n, None, torch.Generator().manual_seed(seed))
-    was_training = module.net.training
-    module.net.eval()
-    try:
+    with module.net_in_eval_mode():
         return sampling.sample(module.net, FlowMatching(), e, steps, y)
-    finally:
-        module.net.train(was_training)
 
 
 def _data_images(trainer, n: int) -> torch.Tensor | None:

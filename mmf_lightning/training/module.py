@@ -186,16 +186,16 @@ class MeanFlowModule(L.LightningModule):
         """The states from given starts e (N, *data_shape): (steps + 1, N, *data_shape)
         (``sampling.trajectory``). ``y``: labels for a class-conditional net (None draws none:
         pass them explicitly); ``generator``: for objectives whose jumps draw noise."""
-        with self._net_in_eval_mode():
+        with self.net_in_eval_mode():
             return sampling.trajectory(self._sampling_net(), self.objective, e.to(self.device), steps, y, generator)
 
     def data_predictions(self, trajectory: torch.Tensor, y=None) -> torch.Tensor:
         """One jump from each state of a K-step trajectory straight to t = 0 (``sampling.data_predictions``)."""
-        with self._net_in_eval_mode():
+        with self.net_in_eval_mode():
             return sampling.data_predictions(self._sampling_net(), self.objective, trajectory.to(self.device), y)
 
     @contextmanager
-    def _net_in_eval_mode(self):
+    def net_in_eval_mode(self):
         was_training = self.net.training
         self.net.eval()
         try:
@@ -207,7 +207,7 @@ class MeanFlowModule(L.LightningModule):
         """``num_samples`` samples from ``steps`` jumps: (N, *data_shape). One step: x = e - u(e, 0, 1).
         The last state of ``sample_trajectory`` (the same draws), without keeping the others."""
         e, y = self.draw_starts(num_samples, y, generator)
-        with self._net_in_eval_mode():
+        with self.net_in_eval_mode():
             return sampling.sample(self._sampling_net(), self.objective, e, steps, y, generator)
 
     def _sampling_net(self) -> nn.Module:
