@@ -25,3 +25,19 @@ def test_the_euler_panel_integrates_the_instantaneous_velocity_from_the_sample_n
             tt = torch.full((len(z),), float(t))
             z = z - (t - s) * module.net(z, tt, tt)
     torch.testing.assert_close(got, z)
+
+
+def test_the_data_panel_shows_the_training_images_and_nothing_for_2d_data():
+    """For images the picture starts with the data the samples are judged against: the first n training images."""
+    from types import SimpleNamespace
+
+    from mmf_lightning.callbacks.sample_figures import _data_images
+    from mmf_lightning.data import DigitsDataModule, ToyDataModule
+
+    digits = DigitsDataModule(batch_size=8)
+    shown = _data_images(SimpleNamespace(datamodule=digits), 5)
+    train = digits.reference_set("train")
+    assert shown.shape == (5, 1, 8, 8)
+    torch.testing.assert_close(shown, torch.stack([train[i]["x"] for i in range(5)]))
+    assert shown.std() > 0.1  # images, not a blank panel
+    assert _data_images(SimpleNamespace(datamodule=ToyDataModule(num_train=10, num_val=2)), 5) is None
